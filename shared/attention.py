@@ -1,0 +1,173 @@
+"""Causal multi-head self-attention (Chapter 3) and its key/value cache (Chapter 6).
+
+Reference: Vaswani et al., "Attention Is All You Need" (2017), eq. 1 and section 3.2.2;
+GPT-2's ``GPT2Attention`` in Hugging Face ``transformers`` for the fused QKV layout.
+
+State-dict contract (Chapter 4's GPT-2 loader relies on these exact names and shapes):
+
+==================  =====================  =============================================
+key                 shape                  meaning
+==================  =====================  =============================================
+``qkv.weight``      ``[3 * d_out, d_in]``  rows ``[W_q; W_k; W_v]``, each head a block of
+                                           ``head_dim`` rows (HF ``c_attn.weight`` transposed)
+``qkv.bias``        ``[3 * d_out]``        only when ``qkv_bias=True`` (GPT-2 has it)
+``out_proj.weight`` ``[d_out, d_out]``     HF ``c_proj.weight`` transposed
+``out_proj.bias``   ``[d_out]``
+==================  =====================  =============================================
+
+The causal mask is a non-persistent buffer, so it is not part of the state dict.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["MultiHeadAttention", "KVCache"]
+
+
+class KVCache:
+    """Pre-allocated keys and values of every layer, for fast autoregressive decoding.
+
+    Buffers have shape ``[n_layers, B, n_heads, max_len, head_dim]`` and are allocated on the
+    first :meth:`update`, with the dtype and device of the keys (so bf16 autocast just works).
+    ``length`` is how many positions are stored; the model advances it after each forward.
+
+    Args:
+        n_layers: number of transformer blocks.
+        max_len: capacity in positions (usually the model's ``context_length``).
+    """
+
+    def __init__(self, n_layers: int, max_len: int):
+        self.n_layers = n_layers
+        self.max_len = max_len
+        self.length = 0
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``k_new, v_new`` (``[B, H, T, hd]``) after the cached positions of ``layer``.
+
+        Returns:
+            all keys and values of that layer so far, ``[B, H, length + T, hd]`` (views).
+
+        Raises:
+            ValueError: if the cache would overflow ``max_len``.
+        """
+        B, H, T, hd = k_new.shape
+        end = self.length + T
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {self.length} cached + {T} new > max_len={self.max_len}")
+        if self.k is None:
+            shape = (self.n_layers, B, H, self.max_len, hd)
+            self.k = torch.zeros(shape, dtype=k_new.dtype, device=k_new.device)
+            self.v = torch.zeros(shape, dtype=v_new.dtype, device=v_new.device)
+        self.k[layer, :, :, self.length:end] = k_new
+        self.v[layer, :, :, self.length:end] = v_new
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def bytes(self) -> int:
+        """Memory held by the buffers, in bytes (0 before the first update)."""
+        return 0 if self.k is None else 2 * self.k.numel() * self.k.element_size()
+
+
+class MultiHeadAttention(nn.Module):
+    """Causal multi-head self-attention: ``forward(x: [B, T, d_in]) -> [B, T, d_out]``.
+
+    Args:
+        d_in: input feature size.
+        d_out: output feature size; split into ``n_heads`` heads of ``d_out // n_heads``.
+        context_length: the longest sequence allowed (size of the causal mask).
+        n_heads: number of attention heads.
+        dropout: dropout probability on the attention weights (training only).
+        qkv_bias: whether the query/key/value projection has a bias (GPT-2: True).
+        use_sdpa: use ``F.scaled_dot_product_attention`` (fused, flash on GPUs). Set False
+            for the hand-written path taught in Chapter 3; both give the same result.
+
+    Raises:
+        ValueError: if ``d_out`` is not divisible by ``n_heads``, or a sequence is longer
+            than ``context_length``.
+    """
+
+    def __init__(self, d_in: int, d_out: int, context_length: int, n_heads: int,
+                 dropout: float = 0.0, qkv_bias: bool = False, use_sdpa: bool = True):
+        super().__init__()
+        if n_heads < 1 or d_out % n_heads != 0:
+            raise ValueError(f"d_out={d_out} must be divisible by n_heads={n_heads}")
+        self.d_out, self.n_heads, self.head_dim = d_out, n_heads, d_out // n_heads
+        self.context_length = context_length
+        self.dropout = dropout
+        self.use_sdpa = use_sdpa
+        self.qkv = nn.Linear(d_in, 3 * d_out, bias=qkv_bias)  # W_q, W_k, W_v fused: one matmul
+        self.out_proj = nn.Linear(d_out, d_out)  # mixes the heads back together
+        # True above the diagonal = "future" positions that a query may not see.
+        mask = torch.triu(torch.ones(context_length, context_length, dtype=torch.bool), diagonal=1)
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                kv_cache: KVCache | None = None, layer_idx: int = 0) -> torch.Tensor:
+        """
+        Args:
+            x: ``[B, T, d_in]``.
+            attn_mask: optional key-padding mask ``[B, T_past + T]`` (True/1 = real token,
+                False/0 = padding) for batched prompts of different lengths.
+            kv_cache: optional :class:`KVCache`; keys/values of ``x`` are appended to it
+                and the queries attend to everything cached so far.
+            layer_idx: which layer of ``kv_cache`` this module owns.
+
+        Returns:
+            ``[B, T, d_out]``.
+        """
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split(self.d_out, dim=2)  # 3 x [B, T, d_out]
+        # [B, T, d_out] -> [B, T, H, hd] -> [B, H, T, hd]: each head attends independently.
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer_idx, k, v)  # [B, H, T_past + T, hd]
+        T_k = k.size(2)
+        if T_k > self.context_length:
+            raise ValueError(f"sequence length {T_k} exceeds context_length={self.context_length}")
+
+        allowed = self._allowed(T, T_k, attn_mask, x.device)  # None means plain causal
+        if self.use_sdpa:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0,
+                is_causal=allowed is None and T > 1)
+        else:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # [B, H, T, T_k]
+            if allowed is None:
+                scores = scores.masked_fill(self.mask[:T, :T], float("-inf"))
+            else:
+                scores = scores.masked_fill(~allowed, float("-inf"))
+            weights = torch.softmax(scores, dim=-1)
+            weights = F.dropout(weights, p=self.dropout, training=self.training)
+            out = weights @ v  # [B, H, T, hd]
+        out = out.transpose(1, 2).reshape(B, T, self.d_out)  # merge heads: [B, T, d_out]
+        return self.out_proj(out)
+
+    def _allowed(self, T: int, T_k: int, attn_mask: torch.Tensor | None,
+                 device: torch.device) -> torch.Tensor | None:
+        """Boolean ``[B or 1, 1, T, T_k]`` mask (True = may attend), or None for plain causal."""
+        past = T_k - T
+        if attn_mask is None and past == 0:
+            return None  # the fast is_causal path
+        if attn_mask is None and T == 1:
+            return None  # one new query may see every cached key
+        # Query i sits at absolute position past + i and may see keys j <= past + i.
+        allowed = ~self.mask[past:past + T, :T_k].to(device)  # [T, T_k]
+        allowed = allowed[None, None]
+        if attn_mask is not None:
+            if attn_mask.shape[-1] != T_k:
+                raise ValueError(f"attn_mask covers {attn_mask.shape[-1]} positions, expected {T_k}")
+            allowed = allowed & attn_mask.bool()[:, None, None, :]
+            # A padding query would see no key at all (softmax of all -inf = NaN, which then
+            # leaks through 0 * NaN). Let every query see itself; padding outputs are ignored.
+            diag = torch.zeros(T, T_k, dtype=torch.bool, device=device)
+            diag[torch.arange(T), past + torch.arange(T)] = True
+            allowed = allowed | diag
+        return allowed

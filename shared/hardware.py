@@ -1,0 +1,57 @@
+"""Peak FLOP/s per device and model FLOPs utilisation (MFU). Chapters 4 and 5.
+
+MFU = achieved model FLOP/s / peak FLOP/s, where achieved = tokens/s x FLOPs per token
+(``GPTModel.flops_per_token``). Peaks are *dense* (no 2:4 sparsity) tensor-core figures from
+the vendors' data sheets. A benchmark must use the peak of the chip it ran on: quoting an
+H100 run against an A100 peak overstates MFU by about 3x.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["PEAK_TFLOPS", "peak_flops", "mfu", "device_name"]
+
+#: Dense peak TFLOP/s by (device-name substring, dtype). First match wins, so list more
+#: specific names first. Sources: NVIDIA data sheets (H100/H200 SXM5, H100 PCIe, A100,
+#: L4, T4, V100, A10).
+PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
+    ("H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.0}),
+    ("H100 NVL", {"bf16": 835.0, "fp16": 835.0, "tf32": 418.0, "fp32": 60.0}),
+    ("H100", {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0}),  # SXM5
+    ("H200", {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0}),
+    ("A100", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    ("L4", {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3}),
+    ("A10", {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2}),
+    ("T4", {"fp16": 65.0, "fp32": 8.1}),  # no bf16 tensor cores
+    ("V100", {"fp16": 125.0, "fp32": 15.7}),
+]
+
+_DTYPE_KEY = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+def device_name(device: torch.device | str | None = None) -> str:
+    """Human-readable name of ``device`` (e.g. ``"NVIDIA H100 80GB HBM3"`` or ``"cpu"``)."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def peak_flops(device: torch.device | str | None = None, dtype: torch.dtype = torch.bfloat16) -> float | None:
+    """Dense peak FLOP/s of ``device`` for matmuls in ``dtype``; ``None`` if unknown
+    (CPUs, MPS, unlisted GPUs): then report tokens/s and no MFU rather than a wrong one."""
+    name = device_name(device)
+    key = _DTYPE_KEY.get(dtype, "fp32")
+    for pattern, table in PEAK_TFLOPS:
+        if pattern in name:
+            tf = table.get(key)
+            return tf * 1e12 if tf is not None else None
+    return None
+
+
+def mfu(tokens_per_s: float, flops_per_token: float, peak: float | None) -> float | None:
+    """Model FLOPs utilisation in [0, 1], or ``None`` when the peak is unknown."""
+    if not peak:
+        return None
+    return tokens_per_s * flops_per_token / peak
