@@ -53,7 +53,8 @@ class GPTConfig:
         qkv_bias: bias in the query/key/value projection (GPT-2: True).
 
     Raises:
-        ValueError: for non-positive sizes, ``d_model % n_heads != 0`` or dropout outside [0, 1).
+        ValueError: for non-positive sizes, ``d_model % n_heads != 0``, dropout outside [0, 1)
+            or a non-bool ``qkv_bias``.
     """
 
     vocab_size: int = 50257
@@ -71,8 +72,11 @@ class GPTConfig:
                 raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
         if self.d_model % self.n_heads != 0:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
+                or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.qkv_bias, bool):
+            raise ValueError(f"qkv_bias must be True or False, got {self.qkv_bias!r}")
 
     @property
     def head_dim(self) -> int:
@@ -166,7 +170,8 @@ class GPTModel(nn.Module):
     ``logits[b, t]`` scores the token that follows ``idx[b, :t + 1]``.
 
     Raises:
-        ValueError: if ``T`` (plus any cached positions) exceeds ``cfg.context_length``.
+        ValueError: if ``idx`` is not an integer ``[B, T]`` tensor, or ``T`` (plus any cached
+            positions) exceeds ``cfg.context_length``.
     """
 
     def __init__(self, cfg: GPTConfig):
@@ -209,6 +214,8 @@ class GPTModel(nn.Module):
         """
         if idx.dim() != 2:
             raise ValueError(f"idx must be [B, T], got shape {tuple(idx.shape)}")
+        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+            raise ValueError(f"idx must hold integer token ids (torch.long), got dtype {idx.dtype}")
         B, T = idx.shape
         past = kv_cache.length if kv_cache is not None else 0
         if past + T > self.cfg.context_length:
