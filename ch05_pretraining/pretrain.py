@@ -1,0 +1,523 @@
+"""Pretrain the course GPT on one process, or on many GPUs and machines with ``torchrun``.
+
+One process (CPU, one GPU, or a Mac)::
+
+    python ch05_pretraining/pretrain.py --out runs/one --profile smoke
+
+Many processes on one machine (DDP or FSDP2; gloo on the CPU, NCCL on GPUs)::
+
+    torchrun --standalone --nproc_per_node=2 ch05_pretraining/pretrain.py \\
+        --strategy ddp --out runs/ddp --max-steps 200 --batch-size 32 --grad-accum 2
+
+Many machines: see ``ch05_pretraining/MULTINODE.md`` (torchrun rendezvous).
+
+What it does, step by step (Chapter 5 explains each piece):
+
+* **Data.** Without ``--data`` it trains a course BPE tokenizer on the Shakespeare training
+  plays, tokenises train and validation plays once and caches them as memory-mapped token
+  files in ``OUT/data/`` (``shared.data.write_token_file``). With ``--data FILE.npy`` it uses
+  your token file (the last 10% is held out for validation unless ``--val-data`` is given).
+* **Sharding.** ``--batch-size`` is the *global* batch in sequences. Every optimizer step
+  draws its ``batch_size`` window offsets from one generator seeded with ``(seed, step)``;
+  rank ``r`` of ``W`` reads only its contiguous slice of them (``B / W`` windows), cut into
+  ``--grad-accum`` micro-batches (``shared.distributed.rank_offsets``). So every rank reads
+  its own part of the file, the union over ranks is the same global batch whatever ``W`` is
+  (1 process and 8 GPUs train on the same data), and the data position is just the step.
+* **Step.** ``shared.train.train_step``, the very function of the notebook: learning-rate
+  schedule (warmup + cosine), gradient accumulation (the loss divided by the number of
+  micro-steps; DDP all-reduces only on the last one, ``no_sync`` before), clipping, AdamW
+  with decay on matrices only, mixed precision (bf16 autocast on CUDA), NaN/inf stop.
+* **Output.** Only rank 0 prints and writes: ``OUT/metrics.jsonl`` (one JSON object per logged
+  step: ``step``, ``loss``, ``lr``, ``grad_norm``, ``tokens_per_s``, ``mfu`` where the GPU's peak
+  is known, and ``val_loss`` / ``val_bpb`` when evaluated) and ``OUT/ckpt.pt`` (atomic, with
+  full unsharded weights and optimizer state, so it resumes under any strategy).
+* **Resume.** ``--resume`` restores weights, optimizer, step, every rank's RNG state and the
+  data position from ``OUT/ckpt.pt``; the following losses equal an uninterrupted run's.
+
+Exit status: 0 on success; 1 with a one-line ``pretrain.py: error: ...`` on bad arguments, a
+corrupt or mismatched checkpoint, or a NaN/inf loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Runnable as a script from anywhere in the repository (torchrun runs files, not modules).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from shared.distributed import (DistInfo, all_reduce_mean, full_state_dicts, gather_rng_states,  # noqa: E402
+                                global_batch_offsets, init_distributed, launched_by_torchrun,
+                                load_optimizer_state, micro_batch_size, rank_offsets, read_windows,
+                                set_rng_states, teardown, unwrap, wrap_model)
+from shared.model import PRESETS as GPT2_PRESETS  # noqa: E402
+from shared.model import GPTConfig, GPTModel  # noqa: E402
+
+#: Model sizes. The GPT-2 sizes use GPT-2's context (1024); the course sizes are for CPUs.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(d_model=32, n_heads=2, n_layers=2, context_length=32),          # tests, smoke
+    "cpu-small": dict(d_model=128, n_heads=4, n_layers=4, context_length=128),   # a laptop
+    "cpu-medium": dict(d_model=256, n_heads=8, n_layers=6, context_length=256),  # a patient laptop
+    **{name: dict(**sizes, context_length=1024) for name, sizes in GPT2_PRESETS.items()},
+}
+
+#: Defaults per ``--profile`` (and device) for every flag left unset on the command line.
+PROFILE_DEFAULTS = {
+    "smoke": dict(preset="tiny", max_steps=20, batch_size=8, grad_accum=1, eval_interval=10,
+                  eval_iters=2, checkpoint_interval=10, vocab_size=512, lr=3e-3),
+    "default-cpu": dict(preset="cpu-small", max_steps=600, batch_size=32, grad_accum=1,
+                        eval_interval=100, eval_iters=10, checkpoint_interval=100, vocab_size=1024, lr=2e-3),
+    "default-cuda": dict(preset="gpt2-small", max_steps=2000, batch_size=64, grad_accum=1,
+                         eval_interval=200, eval_iters=20, checkpoint_interval=500, vocab_size=4096, lr=6e-4),
+}
+
+CKPT_NAME, METRICS_NAME = "ckpt.pt", "metrics.jsonl"
+
+
+class CLIError(ValueError):
+    """A problem with the command line or the run directory, reported as one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pretrain.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Flags left unset take their value from --profile (see PROFILE_DEFAULTS in the source).")
+    run = p.add_argument_group("run")
+    run.add_argument("--out", required=True, type=Path, help="run directory (metrics.jsonl, ckpt.pt, data/)")
+    run.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp",
+                     help="data parallelism under torchrun (ignored for a single process)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue from OUT/ckpt.pt if it exists (else start at step 0)")
+    run.add_argument("--profile", choices=("smoke", "default"), default=None,
+                     help="size defaults; default: LLM_PROFILE / shared.runtime.PROFILE")
+    run.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                     help="default: cuda if available (cpu under the smoke profile)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--max-steps", type=int, default=None, help="optimizer steps")
+    run.add_argument("--batch-size", type=int, default=None,
+                     help="GLOBAL batch in sequences, split over processes x --grad-accum micro-steps")
+    run.add_argument("--grad-accum", type=int, default=None, help="micro-steps per optimizer step")
+    run.add_argument("--eval-interval", type=int, default=None, help="evaluate every N steps (0: never)")
+    run.add_argument("--eval-iters", type=int, default=None, help="validation batches per evaluation")
+    run.add_argument("--checkpoint-interval", type=int, default=None,
+                     help="checkpoint every N steps and at the end (0: only at the end)")
+    run.add_argument("--log-interval", type=int, default=1, help="log every N steps (and the last)")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model (GPUs; slow start)")
+    opt = p.add_argument_group("optimizer")
+    opt.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    opt.add_argument("--min-lr", type=float, default=None, help="final learning rate (default lr/10)")
+    opt.add_argument("--warmup-steps", type=int, default=None, help="default: max_steps/10, at most 200")
+    opt.add_argument("--weight-decay", type=float, default=0.1)
+    opt.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
+    model = p.add_argument_group("model (a preset, then any size flag overrides it)")
+    model.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    model.add_argument("--d-model", type=int, default=None)
+    model.add_argument("--n-layers", type=int, default=None)
+    model.add_argument("--n-heads", type=int, default=None)
+    model.add_argument("--context-length", type=int, default=None)
+    model.add_argument("--dropout", type=float, default=0.0)
+    data = p.add_argument_group("data")
+    data.add_argument("--data", type=Path, default=None,
+                      help="training token file (.npy from shared.data.write_token_file); "
+                           "default: tokenise the Shakespeare plays into OUT/data/")
+    data.add_argument("--val-data", type=Path, default=None,
+                      help="validation token file (default: the last 10%% of --data)")
+    data.add_argument("--tokenizer", choices=("course", "gpt2"), default="course",
+                      help="without --data: a course BPE trained here, or GPT-2's 50257-token BPE")
+    data.add_argument("--vocab-size", type=int, default=None,
+                      help="model vocabulary (course BPE: also its size); >= the largest id + 1")
+    # Hidden switches for the tests (tests/test_pretrain.py).
+    p.add_argument("--debug-inject-nan-at", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--debug-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--debug-exit-after", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def resolve_args(args: argparse.Namespace, device: torch.device) -> argparse.Namespace:
+    """Fill unset flags from the profile and check the values (raises :class:`CLIError`)."""
+    key = "smoke" if args.profile == "smoke" else f"default-{'cuda' if device.type == 'cuda' else 'cpu'}"
+    for name, value in PROFILE_DEFAULTS[key].items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    for name in ("max_steps", "batch_size", "grad_accum", "eval_iters", "log_interval"):
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("eval_interval", "checkpoint_interval"):
+        if getattr(args, name) < 0:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.lr <= 0:
+        raise CLIError(f"--lr must be positive, got {args.lr}")
+    if args.min_lr is None:
+        args.min_lr = args.lr / 10
+    if args.warmup_steps is None:
+        args.warmup_steps = min(200, max(1, args.max_steps // 10))
+    if not 0 <= args.warmup_steps <= args.max_steps:
+        raise CLIError(f"--warmup-steps {args.warmup_steps} must be in [0, --max-steps {args.max_steps}]")
+    return args
+
+
+def model_config(args: argparse.Namespace, vocab_size: int) -> GPTConfig:
+    sizes = dict(PRESETS[args.preset])
+    for name in ("d_model", "n_layers", "n_heads", "context_length"):
+        if getattr(args, name) is not None:
+            sizes[name] = getattr(args, name)
+    try:
+        return GPTConfig(vocab_size=vocab_size, dropout=args.dropout,
+                         qkv_bias=args.preset.startswith("gpt2"), **sizes)
+    except ValueError as e:
+        raise CLIError(f"bad model size: {e}") from None
+
+
+# --------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------
+
+def prepare_shakespeare(out: Path, tokenizer: str, vocab_size: int, smoke: bool) -> tuple[Path, Path, dict]:
+    """Tokenise the Shakespeare plays once into ``out/data`` (cached; atomic writes).
+
+    Returns ``(train_file, val_file, meta)``; ``meta["val_bytes_per_token"]`` converts a loss
+    in nats/token into bits per byte.
+    """
+    from shared.data import load_shakespeare, write_token_file
+    name = "gpt2" if tokenizer == "gpt2" else f"bpe{vocab_size}{'-smoke' if smoke else ''}"
+    folder = out / "data"
+    train_f, val_f, meta_f = folder / f"train_{name}.npy", folder / f"val_{name}.npy", folder / f"{name}.json"
+    if train_f.exists() and val_f.exists() and meta_f.exists():
+        return train_f, val_f, json.loads(meta_f.read_text())
+    train_text, val_text = load_shakespeare("train"), load_shakespeare("val")
+    if smoke:  # a slice of the plays keeps the smoke run to seconds
+        train_text = train_text[:600_000]
+    if tokenizer == "gpt2":
+        from shared.tokenizer import gpt2_encoding
+        enc = gpt2_encoding()
+        encode, n_vocab, tok_file = enc.encode_ordinary, enc.n_vocab, None
+    else:
+        from shared.tokenizer import BPETokenizer
+        tok = BPETokenizer.train(train_text[:1_000_000] if not smoke else train_text[:200_000], vocab_size)
+        tok_file = folder / f"{name}_tokenizer.json"
+        folder.mkdir(parents=True, exist_ok=True)
+        tok.save(tok_file)
+        encode, n_vocab = tok.encode, tok.vocab_size
+    train_ids, val_ids = encode(train_text), encode(val_text)
+    write_token_file(train_f, train_ids, n_vocab)
+    write_token_file(val_f, val_ids, n_vocab)
+    meta = {"tokenizer": tokenizer, "vocab_size": int(n_vocab), "tokenizer_file": tok_file.name if tok_file else None,
+            "train_tokens": len(train_ids), "val_tokens": len(val_ids),
+            "val_bytes_per_token": len(val_text.encode("utf-8")) / len(val_ids)}
+    _atomic_write_text(meta_f, json.dumps(meta, indent=1))
+    return train_f, val_f, meta
+
+
+def load_data(args: argparse.Namespace, info: DistInfo) -> tuple[np.ndarray, np.ndarray, int, dict]:
+    """Memory-map the train and validation token files. Returns ``(train, val, vocab_size, meta)``."""
+    from shared.data import open_token_file
+    meta: dict = {}
+    if args.data is None:
+        # One process per machine (LOCAL_RANK 0) tokenises; the files are deterministic and
+        # written atomically, so this is also safe when OUT is on a filesystem shared by nodes.
+        if info.local_rank == 0:
+            prepare_shakespeare(args.out, args.tokenizer, args.vocab_size, args.profile == "smoke")
+        if info.distributed:
+            torch.distributed.barrier()
+        train_f, val_f, meta = prepare_shakespeare(args.out, args.tokenizer, args.vocab_size,
+                                                   args.profile == "smoke")
+        train, val = open_token_file(train_f), open_token_file(val_f)
+        vocab_size = max(args.vocab_size, meta["vocab_size"]) if args.tokenizer == "gpt2" else meta["vocab_size"]
+    else:
+        if not args.data.exists():
+            raise CLIError(f"--data {args.data} does not exist")
+        train = open_token_file(args.data)
+        if args.val_data is not None:
+            val = open_token_file(args.val_data)
+        else:
+            n_val = max(len(train) // 10, 1)
+            train, val = train[:-n_val], train[-n_val:]
+        largest = int(max(train.max(), val.max()))
+        vocab_size = args.vocab_size if args.vocab_size is not None else largest + 1
+        if vocab_size <= largest:
+            raise CLIError(f"--vocab-size {vocab_size} is too small: the data holds token id {largest}")
+    return train, val, vocab_size, meta
+
+
+# --------------------------------------------------------------------------------------
+# Files written by rank 0
+# --------------------------------------------------------------------------------------
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def truncate_metrics(path: Path, start_step: int) -> None:
+    """Keep only the records of steps before ``start_step`` (a resumed run rewrites the rest)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", -1) < start_step]
+    _atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+class _StateDict:
+    """Hands an already-gathered full state dict to ``shared.checkpoint.save_checkpoint``."""
+
+    def __init__(self, state: dict):
+        self._state = state
+
+    def state_dict(self) -> dict:
+        return self._state
+
+
+def save_run_checkpoint(path: Path, model, optimizer, step_done: int, cfg: GPTConfig,
+                        args: argparse.Namespace, info: DistInfo) -> None:
+    """Gather full state on rank 0 and write ``path`` atomically. Collective: all ranks call it."""
+    from shared.checkpoint import save_checkpoint
+    model_sd, optim_sd = full_state_dicts(model, optimizer, info)
+    rngs = gather_rng_states(info)
+    if info.is_main:
+        extra = {"data": {"scheme": "global_batch_offsets", "seed": args.seed, "next_step": step_done},
+                 "run": {"strategy": args.strategy if info.distributed else "single",
+                         "world_size": info.world_size, "batch_size": args.batch_size,
+                         "grad_accum": args.grad_accum, "max_steps": args.max_steps, "lr": args.lr,
+                         "min_lr": args.min_lr, "warmup_steps": args.warmup_steps},
+                 "rng_per_rank": rngs, "optimizer_format": "full_fqn"}
+        save_checkpoint(path, model=_StateDict(model_sd), optimizer=_StateDict(optim_sd),
+                        step=step_done, config=cfg.to_dict(), extra=extra)
+
+
+def load_run_checkpoint(path: Path, model: GPTModel, cfg: GPTConfig) -> dict:
+    """Read ``path`` (every rank), check it fits ``cfg`` and load the weights into ``model``.
+
+    Raises:
+        ValueError: for a corrupt or truncated file, or a checkpoint of another model.
+    """
+    from shared.checkpoint import load_checkpoint
+    ckpt = load_checkpoint(path)  # validates the file; raises ValueError when corrupt
+    saved = ckpt.get("config") or {}
+    diffs = [f"{k}={saved.get(k)!r} (this run: {v!r})" for k, v in cfg.to_dict().items()
+             if k != "dropout" and saved.get(k) != v]
+    if diffs:
+        raise ValueError(f"checkpoint {path} was written for another model: {', '.join(diffs)}. "
+                         "Use the same model flags, or another --out.")
+    if ckpt.get("extra", {}).get("optimizer_format") != "full_fqn":
+        raise ValueError(f"checkpoint {path} was not written by pretrain.py (no full optimizer state)")
+    try:
+        model.load_state_dict(ckpt["model"])  # strict: every key, every shape
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint {path} does not match the model: {e}") from None
+    return ckpt
+
+
+# --------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace, info: DistInfo) -> int:
+    from shared.checkpoint import set_rng_state
+    from shared.hardware import device_name, mfu, peak_flops
+    from shared.train import TrainConfig, autocast_context, configure_optimizer, estimate_loss, train_step
+
+    args = resolve_args(args, info.device)
+    strategy = args.strategy if info.distributed else "single"
+    micro = micro_batch_size(args.batch_size, info.world_size, args.grad_accum)
+    device = info.device
+    amp_dtype = torch.float32
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        if torch.cuda.is_bf16_supported():
+            amp_dtype = torch.bfloat16
+        elif strategy == "fsdp":
+            raise CLIError("--strategy fsdp here needs bf16 (an Ampere or newer GPU); use ddp on this GPU")
+        else:
+            amp_dtype = torch.float16
+    log = print if info.is_main else (lambda *a, **k: None)
+
+    train_tokens, val_tokens, vocab_size, meta = load_data(args, info)
+    cfg = model_config(args, vocab_size)
+    T = cfg.context_length
+    for name, arr in (("training", train_tokens), ("validation", val_tokens)):
+        if len(arr) < T + 1:
+            raise CLIError(f"the {name} tokens ({len(arr)}) are fewer than context_length + 1 = {T + 1}")
+
+    # Same seed on every rank: identical initial weights (FSDP shards what each rank built).
+    torch.manual_seed(args.seed)
+    model = GPTModel(cfg)
+    ckpt_path, metrics_path = args.out / CKPT_NAME, args.out / METRICS_NAME
+    ckpt = None
+    if args.resume and ckpt_path.exists():
+        ckpt = load_run_checkpoint(ckpt_path, model, cfg)
+    elif args.resume:
+        log(f"--resume: no checkpoint at {ckpt_path}, starting at step 0")
+    model.to(device)
+    if args.compile:
+        for block in model.blocks if strategy == "fsdp" else [model]:
+            block.compile()  # in place: state-dict names are unchanged
+    model = wrap_model(model, strategy, info, bf16_params=(strategy == "fsdp" and amp_dtype == torch.bfloat16))
+    # DDP: the optimizer and checkpoints see the plain module (same tensors, no "module." prefix).
+    # FSDP: the sharded module itself (its parameters are DTensors).
+    core = unwrap(model)
+    optimizer = configure_optimizer(core, lr=args.lr, weight_decay=args.weight_decay)
+    tcfg = TrainConfig(max_steps=args.max_steps, max_lr=args.lr, min_lr=args.min_lr,
+                       warmup_steps=args.warmup_steps, grad_accum_steps=args.grad_accum,
+                       grad_clip=args.grad_clip or None, eval_interval=args.eval_interval,
+                       eval_iters=args.eval_iters, amp=True)
+
+    start = 0
+    if ckpt is not None:
+        load_optimizer_state(core, optimizer, ckpt["optimizer"])
+        start = int(ckpt["step"])
+        saved_run = ckpt["extra"].get("run", {})
+        for k in ("batch_size", "grad_accum", "max_steps", "lr"):
+            if k in saved_run and saved_run[k] != getattr(args, k):
+                log(f"note: resuming with --{k.replace('_', '-')} {getattr(args, k)} "
+                    f"(the checkpoint used {saved_run[k]})")
+        if ckpt["extra"].get("data", {}).get("seed") != args.seed:
+            log(f"note: resuming with --seed {args.seed}: the data order differs from the original run")
+        set_rng_state(ckpt["rng"])  # Python / NumPy / torch of rank 0 ...
+        if not set_rng_states(ckpt["extra"].get("rng_per_rank"), info):  # ... then each rank's own
+            torch.manual_seed(args.seed + 1000 * info.rank + start)
+            log("note: the checkpoint was written with another world size: RNG streams re-seeded")
+        log(f"resumed from {ckpt_path} at step {start}")
+        del ckpt
+    if info.is_main:
+        args.out.mkdir(parents=True, exist_ok=True)
+        if start == 0:
+            metrics_path.unlink(missing_ok=True)
+        else:
+            truncate_metrics(metrics_path, start)
+
+    n_params = core.num_parameters() if hasattr(core, "num_parameters") else sum(p.numel() for p in core.parameters())
+    flops_per_token = core.flops_per_token(T)
+    peak = peak_flops(device, amp_dtype) if device.type == "cuda" else None
+    log(f"pretrain.py: {strategy} x {info.world_size} ({info.backend or 'no process group'}) on "
+        f"{device_name(device)} | {n_params / 1e6:.2f}M params, d_model={cfg.d_model} n_layers={cfg.n_layers} "
+        f"T={T} vocab={cfg.vocab_size} | global batch {args.batch_size} seqs = {info.world_size} ranks x "
+        f"{args.grad_accum} micro-steps x {micro} | {len(train_tokens):,} train tokens | "
+        f"amp={str(amp_dtype).removeprefix('torch.')}")
+
+    nan_hook = None
+    if args.debug_inject_nan_at is not None and info.is_main:
+        def nan_hook(_module, _inputs, output):  # poison rank 0's logits at one step
+            return output * float("nan") if current_step == args.debug_inject_nan_at and core.training else output
+        unwrap(model).final_norm.register_forward_hook(nan_hook)
+
+    def eval_batches(i: int):
+        """Validation batch ``i``: ``micro`` windows per rank, the same at every evaluation (stream 1)."""
+        offs = global_batch_offsets(len(val_tokens), T, micro * info.world_size, args.seed, i, stream=1)
+        return read_windows(val_tokens, np.array_split(offs, info.world_size)[info.rank], T, device)
+
+    def evaluate() -> float:
+        it = iter(range(args.eval_iters))
+        local = estimate_loss(model if strategy == "fsdp" else core,
+                              lambda: eval_batches(next(it)), args.eval_iters)
+        return float(all_reduce_mean(torch.tensor(local, device=device), info))
+
+    no_sync = model.no_sync if strategy == "ddp" else None
+    model.train()
+    recent: list[float] = []
+    t_last = time.perf_counter()
+    current_step = start
+    for step in range(start, args.max_steps):
+        current_step = step
+        offsets = global_batch_offsets(len(train_tokens), T, args.batch_size, args.seed, step)
+        micro_batches = iter(rank_offsets(offsets, info, args.grad_accum))
+        out = train_step(model, optimizer, lambda: read_windows(train_tokens, next(micro_batches), T, device),
+                         step, tcfg, no_sync=no_sync)
+        loss = float(all_reduce_mean(torch.tensor(out["loss"], device=device), info))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if args.debug_step_delay:
+            time.sleep(args.debug_step_delay)
+        last = step == args.max_steps - 1
+        now = time.perf_counter()
+        dt, t_last = now - t_last, now
+        tokens_per_s = args.batch_size * T / dt
+        recent.append(tokens_per_s)
+        record = {"step": step, "loss": loss, "lr": out["lr"], "grad_norm": out["grad_norm"],
+                  "tokens_per_s": tokens_per_s}
+        m = mfu(tokens_per_s / info.world_size, flops_per_token, peak)
+        if m is not None:
+            record["mfu"] = m
+        if args.eval_interval and (step % args.eval_interval == 0 or last):
+            record["val_loss"] = evaluate()
+            if meta.get("val_bytes_per_token"):
+                record["val_bpb"] = record["val_loss"] / (meta["val_bytes_per_token"] * math.log(2))
+            t_last = time.perf_counter()  # evaluation time is not training throughput
+        if info.is_main and (step % args.log_interval == 0 or last or "val_loss" in record):
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            line = (f"step {step:5d}/{args.max_steps} | loss {loss:.4f} | lr {out['lr']:.2e} | "
+                    f"norm {out['grad_norm']:.2f} | {tokens_per_s:,.0f} tok/s")
+            if "mfu" in record:
+                line += f" | MFU {100 * record['mfu']:.1f}%"
+            if "val_loss" in record:
+                line += f" | val {record['val_loss']:.4f}"
+            print(line, flush=True)
+        stop_early = args.debug_exit_after is not None and step + 1 >= args.debug_exit_after
+        if last or stop_early or (args.checkpoint_interval and (step + 1) % args.checkpoint_interval == 0):
+            save_run_checkpoint(ckpt_path, model if strategy == "fsdp" else core, optimizer, step + 1, cfg, args, info)
+            t_last = time.perf_counter()
+        if stop_early:
+            break
+
+    if recent and info.is_main:
+        steady = recent[min(len(recent) - 1, max(1, len(recent) // 5)):]  # skip warm-up / compile steps
+        tps = float(np.median(steady))
+        summary = {"strategy": strategy, "world_size": info.world_size, "device": device_name(device),
+                   "params": n_params, "context_length": T, "global_batch": args.batch_size,
+                   "tokens_per_s": tps, "tokens_per_s_per_process": tps / info.world_size,
+                   "mfu": mfu(tps / info.world_size, flops_per_token, peak), "compile": args.compile,
+                   "amp": str(amp_dtype).removeprefix("torch.")}
+        _atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=1))
+        line = f"throughput (median of the last {len(steady)} steps): {tps:,.0f} tok/s"
+        if summary["mfu"] is not None:
+            line += f", MFU {100 * summary['mfu']:.1f}% of {device_name(device)} {amp_dtype} peak"
+        print(line, flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.profile is None:
+        from shared.runtime import PROFILE
+        args.profile = PROFILE
+    try:
+        info = init_distributed(args.device or ("cpu" if args.profile == "smoke" else None))
+    except ValueError as e:
+        print(f"pretrain.py: error: {e}", file=sys.stderr)
+        return 1
+    if not launched_by_torchrun():
+        print("pretrain.py: not launched by torchrun: a single process (--strategy is ignored)", flush=True)
+    try:
+        code = run(args, info)
+    except (ValueError, FloatingPointError, FileNotFoundError) as e:
+        # Every rank meets these errors together (same arguments, same checkpoint file, a
+        # loss all-reduced...), except a NaN caught on one rank before the all-reduce: so
+        # leave without the barrier, which could wait for a rank that is gone.
+        if info.is_main or isinstance(e, FloatingPointError):  # a NaN may show on one rank only
+            where = f" (rank {info.rank})" if info.distributed else ""
+            print(f"pretrain.py: error{where}: {e}", file=sys.stderr, flush=True)
+        teardown(info, barrier=False)
+        return 1
+    except BaseException:
+        teardown(info, barrier=False)
+        raise
+    teardown(info)  # barrier, then destroy the process group
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
