@@ -64,6 +64,17 @@ def colab_badge(notebook: Path) -> str:
     return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(notebook)})"
 
 
+def readme_table(root: Path = ROOT) -> str:
+    """The README's table of notebooks, one row per notebook, each with its Colab badge."""
+    rows = ["| Notebook | Kind | Open |", "|---|---|---|"]
+    for nb in all_notebooks(root):
+        rel = nb.relative_to(root).as_posix()
+        kind = "solution" if nb.parent.name == "solutions" else (
+            "exercise" if nb.name.startswith("exercise_") else "narrated")
+        rows.append(f"| [{rel}]({rel}) | {kind} | {colab_badge(nb)} |")
+    return "\n".join(rows)
+
+
 def shared_source(target: str) -> str:
     """Source code of ``shared.module.qualname`` exactly as in the package (dedented)."""
     parts = target.split(".")
@@ -146,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("notebooks", nargs="+", type=Path)
     s = sub.add_parser("setup-cell", help="print the standard first cell")
     s.add_argument("chapter")
+    sub.add_parser("readme-table", help="rewrite the README's notebook table (with Colab badges)")
     args = ap.parse_args(argv)
     if args.cmd == "run":
         for p in args.notebooks:
@@ -154,6 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "clean":
         for p in args.notebooks:
             nbformat.write(clean(nbformat.read(p, as_version=4)), p)
+    elif args.cmd == "readme-table":
+        readme = ROOT / "README.md"
+        text = readme.read_text(encoding="utf-8")
+        start, end = "<!-- notebooks-table -->", "<!-- /notebooks-table -->"
+        head, _, rest = text.partition(start)
+        _, _, tail = rest.partition(end) if end in rest else ("", "", rest)
+        readme.write_text(f"{head}{start}\n{readme_table()}\n{end}{tail}", encoding="utf-8")
+        print("updated the README's notebook table")
     else:
         print(setup_cell(args.chapter))
     return 0
