@@ -13,15 +13,21 @@ import torch
 __all__ = ["PEAK_TFLOPS", "peak_flops", "mfu", "device_name"]
 
 #: Dense peak TFLOP/s by (device-name substring, dtype). First match wins, so list more
-#: specific names first. Sources: NVIDIA data sheets (H100/H200 SXM5, H100 PCIe, A100,
-#: L4, T4, V100, A10).
+#: specific names first ("L40S" before "L4", "A100" before "A10"). An empty table means
+#: "known, but no trustworthy figure": ``peak_flops`` returns None rather than a wrong peak.
+#: Sources: NVIDIA data sheets (B200, H100/H200 SXM5, H100 PCIe/NVL, A100, L40S, L4, A10,
+#: T4, V100); the data sheets' "with sparsity" figures are halved.
 PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
+    ("B200", {"bf16": 2250.0, "fp16": 2250.0, "tf32": 1100.0}),
     ("H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.0}),
     ("H100 NVL", {"bf16": 835.0, "fp16": 835.0, "tf32": 418.0, "fp32": 60.0}),
     ("H100", {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0}),  # SXM5
-    ("H200", {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0}),
+    ("H200", {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0}),  # SXM, also GH200
     ("A100", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    ("L40S", {"bf16": 362.0, "fp16": 362.0, "tf32": 183.0, "fp32": 91.6}),
+    ("L40", {}),
     ("L4", {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3}),
+    ("A10G", {}),  # AWS variant of the A10, clocked differently
     ("A10", {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2}),
     ("T4", {"fp16": 65.0, "fp32": 8.1}),  # no bf16 tensor cores
     ("V100", {"fp16": 125.0, "fp32": 15.7}),
@@ -40,9 +46,17 @@ def device_name(device: torch.device | str | None = None) -> str:
 
 def peak_flops(device: torch.device | str | None = None, dtype: torch.dtype = torch.bfloat16) -> float | None:
     """Dense peak FLOP/s of ``device`` for matmuls in ``dtype``; ``None`` if unknown
-    (CPUs, MPS, unlisted GPUs): then report tokens/s and no MFU rather than a wrong one."""
+    (CPUs, MPS, unlisted GPUs): then report tokens/s and no MFU rather than a wrong one.
+
+    For ``torch.float32`` on CUDA with TF32 matmuls allowed
+    (``torch.set_float32_matmul_precision("high")``), the TF32 peak is the relevant one.
+
+    Example: on an H100 SXM, ``peak_flops("cuda", torch.bfloat16) == 989e12``.
+    """
     name = device_name(device)
     key = _DTYPE_KEY.get(dtype, "fp32")
+    if key == "fp32" and name != "cpu" and torch.backends.cuda.matmul.allow_tf32:
+        key = "tf32"
     for pattern, table in PEAK_TFLOPS:
         if pattern in name:
             tf = table.get(key)

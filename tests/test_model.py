@@ -272,3 +272,30 @@ def test_block_is_pre_ln_residual():
 
 def test_presets_table_is_complete():
     assert set(PRESETS) == {"gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl"}
+
+
+# ------------------------------------------------------------------------------ MFU peaks
+
+
+@pytest.mark.parametrize("name, dtype, tflops", [
+    ("NVIDIA H100 80GB HBM3", torch.bfloat16, 989.0),   # SXM: the figure Chapter 5 quotes
+    ("NVIDIA H100 PCIe", torch.bfloat16, 756.0),
+    ("NVIDIA A100-SXM4-80GB", torch.bfloat16, 312.0),
+    ("NVIDIA L40S", torch.bfloat16, 362.0),             # not L4's 121
+    ("NVIDIA A10G", torch.bfloat16, None),              # not A10's 125: unknown beats wrong
+    ("cpu", torch.bfloat16, None),
+])
+def test_peak_flops_table(monkeypatch, name, dtype, tflops):
+    import shared.hardware as hw
+
+    monkeypatch.setattr(hw, "device_name", lambda device=None: name)
+    peak = hw.peak_flops("cuda", dtype)
+    assert peak == (None if tflops is None else tflops * 1e12)
+
+
+def test_mfu_of_124m():
+    from shared.hardware import mfu
+
+    fpt = meta_model(GPTConfig.from_preset("gpt2-small")).flops_per_token(1024)
+    assert math.isclose(mfu(400_000, fpt, 989e12), 400_000 * fpt / 989e12)
+    assert mfu(400_000, fpt, None) is None
