@@ -283,3 +283,27 @@ def test_atomic_write_leaves_no_temp_files_and_survives_a_crash(tmp_path, monkey
     monkeypatch.undo()
     assert sorted(os.listdir(tmp_path)) == ["ck.pt"]
     assert load_checkpoint(path)["step"] == 2
+
+
+# ----------------------------------------------------------------------------- pretrained course model
+
+def test_course_model_trains_saves_then_loads(tmp_path, monkeypatch, capsys):
+    import shared.pretrained as pre
+
+    monkeypatch.setattr(pre, "CHECKPOINT_DIR", tmp_path)
+    tiny = dict(vocab_size=300, text_chars=20_000, val_chars=5_000, model=dict(context_length=16, d_model=16, n_heads=2, n_layers=1),
+                batch_size=4, max_steps=3, max_lr=1e-3, warmup_steps=1, weight_decay=0.1, grad_clip=1.0,
+                eval_interval=0, eval_iters=1, seed=0)
+    monkeypatch.setitem(pre.RECIPES, "smoke", tiny)
+    model, tok = pre.course_model(device="cpu")
+    assert "No Chapter 5 checkpoint found" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["course_bpe_smoke.json", "course_gpt_smoke.pt"]
+    model2, tok2 = pre.course_model(device="cpu")
+    assert "Using Chapter 5 checkpoint" in capsys.readouterr().out
+    assert not model2.training and tok2.vocab_size == model2.cfg.vocab_size == 300
+    assert tok2.encode("ROMEO: hi") == tok.encode("ROMEO: hi")
+    for p, q in zip(model.parameters(), model2.parameters()):
+        torch.testing.assert_close(p, q)
+    (tmp_path / "course_gpt_smoke.pt").write_bytes(b"garbage")
+    pre.course_model(device="cpu")
+    assert "is not a valid checkpoint" in capsys.readouterr().out
