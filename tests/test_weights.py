@@ -254,3 +254,39 @@ def test_hub_available_is_quick_when_unreachable(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(socket, "create_connection", refuse)
     assert hub_available(timeout=0.5) is False
+
+
+def test_model_id_downloads_through_huggingface_hub(monkeypatch, st_dir, hf_model, ids):
+    """A model id goes through huggingface_hub.snapshot_download (cache, progress bars); no network here."""
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, revision=None, allow_patterns=None, **kwargs):
+        calls.append((repo_id, revision, tuple(allow_patterns)))
+        return str(st_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    model = load_gpt2("openai-community/gpt2", revision="main")
+    assert calls and calls[0][0] == "openai-community/gpt2" and "model.safetensors" in calls[0][2]
+    assert "*.bin" not in calls[0][2] and "pytorch_model.bin" not in calls[0][2]  # only what is needed
+    torch.testing.assert_close(_our_logits(model, ids), _hf_logits(hf_model, ids), atol=1e-5, rtol=0)
+
+
+def test_model_id_falls_back_to_pytorch_bin(monkeypatch, tmp_path, hf_model, ids):
+    import huggingface_hub
+
+    d = tmp_path / "old-repo"
+    hf_model.config.save_pretrained(d)
+    fetched = []
+
+    def fake_hf_hub_download(repo_id, filename, revision=None, **kwargs):
+        torch.save(hf_model.state_dict(), d / filename)
+        fetched.append(filename)
+        return str(d / filename)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: str(d))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hf_hub_download)
+    model = load_gpt2("some-user/old-gpt2")
+    assert fetched == ["pytorch_model.bin"]
+    torch.testing.assert_close(_our_logits(model, ids), _hf_logits(hf_model, ids), atol=1e-5, rtol=0)
