@@ -360,7 +360,8 @@ class BPETokenizer:
             disallowed_special: special tokens whose text raises an error, or ``"all"``
                 (every special token not allowed). Pass ``()`` to encode them as plain text.
         Raises:
-            ValueError: if ``text`` contains a disallowed special token.
+            ValueError: if ``text`` contains a disallowed special token, or if a special-token
+                argument is a string other than ``"all"`` (write ``{"<|endoftext|>"}``).
 
         >>> tok = BPETokenizer.from_gpt2()
         >>> tok.encode("Hi<|endoftext|>", allowed_special={"<|endoftext|>"})
@@ -368,6 +369,10 @@ class BPETokenizer:
         >>> tok.encode("<|endoftext|>", disallowed_special=())[:3]
         [27, 91, 437]
         """
+        for arg in (allowed_special, disallowed_special):
+            if isinstance(arg, str) and arg != "all":
+                raise ValueError(f"special-token arguments take 'all' or a set of names, not the string {arg!r}; "
+                                 f"write {{{arg!r}}}")
         specials = set(self.special_tokens)
         allowed = specials if allowed_special == "all" else set(allowed_special) & specials
         disallowed = specials - allowed if disallowed_special == "all" else set(disallowed_special)
