@@ -119,7 +119,12 @@ class MultiHeadAttention(nn.Module):
             layer_idx: which layer of ``kv_cache`` this module owns.
 
         Returns:
-            ``[B, T, d_out]``.
+            ``[B, T, d_out]``. Query ``i`` attends to keys ``0 .. T_past + i`` only (causal),
+            minus the padded ones.
+
+        Raises:
+            ValueError: if ``T_past + T > context_length``, if ``attn_mask`` does not cover
+                ``T_past + T`` positions, or (from :meth:`KVCache.update`) if the cache is full.
         """
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split(self.d_out, dim=2)  # 3 x [B, T, d_out]
