@@ -55,10 +55,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from shared.distributed import (DistInfo, all_reduce_mean, full_state_dicts, gather_rng_states,  # noqa: E402
-                                global_batch_offsets, init_distributed, launched_by_torchrun,
-                                load_optimizer_state, micro_batch_size, rank_offsets, read_windows,
-                                set_rng_states, teardown, unwrap, wrap_model)
+from shared.distributed import (  # noqa: E402
+    DistInfo,
+    all_reduce_mean,
+    full_state_dicts,
+    gather_rng_states,
+    global_batch_offsets,
+    init_distributed,
+    launched_by_torchrun,
+    load_optimizer_state,
+    micro_batch_size,
+    rank_offsets,
+    read_windows,
+    set_rng_states,
+    teardown,
+    unwrap,
+    wrap_model,
+)
 from shared.model import PRESETS as GPT2_PRESETS  # noqa: E402
 from shared.model import GPTConfig, GPTModel  # noqa: E402
 
@@ -138,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="model vocabulary (course BPE: also its size); >= the largest id + 1")
     # Hidden switches for the tests (tests/test_pretrain.py).
     p.add_argument("--debug-inject-nan-at", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--debug-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--debug-hang-after", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--debug-exit-after", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
@@ -258,6 +271,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -327,7 +341,7 @@ def load_run_checkpoint(path: Path, model: GPTModel, cfg: GPTConfig) -> dict:
 def run(args: argparse.Namespace, info: DistInfo) -> int:
     from shared.checkpoint import set_rng_state
     from shared.hardware import device_name, mfu, peak_flops
-    from shared.train import TrainConfig, autocast_context, configure_optimizer, estimate_loss, train_step
+    from shared.train import TrainConfig, configure_optimizer, estimate_loss, train_step
 
     args = resolve_args(args, info.device)
     strategy = args.strategy if info.distributed else "single"
@@ -434,13 +448,11 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
         current_step = step
         offsets = global_batch_offsets(len(train_tokens), T, args.batch_size, args.seed, step)
         micro_batches = iter(rank_offsets(offsets, info, args.grad_accum))
-        out = train_step(model, optimizer, lambda: read_windows(train_tokens, next(micro_batches), T, device),
+        out = train_step(model, optimizer, lambda mb=micro_batches: read_windows(train_tokens, next(mb), T, device),
                          step, tcfg, no_sync=no_sync)
         loss = float(all_reduce_mean(torch.tensor(out["loss"], device=device), info))
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if args.debug_step_delay:
-            time.sleep(args.debug_step_delay)
         last = step == args.max_steps - 1
         now = time.perf_counter()
         dt, t_last = now - t_last, now
@@ -472,6 +484,9 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
             t_last = time.perf_counter()
         if stop_early:
             break
+        if args.debug_hang_after is not None and step + 1 >= args.debug_hang_after:
+            while True:  # a hung job, for the tests to SIGKILL mid-run
+                time.sleep(1)
 
     if recent and info.is_main:
         steady = recent[min(len(recent) - 1, max(1, len(recent) // 5)):]  # skip warm-up / compile steps

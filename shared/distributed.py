@@ -9,7 +9,6 @@ single-process loop of ``shared.train``:
   ``torchrun`` describes through environment variables (``RANK``, ``WORLD_SIZE``, ...).
   The backend is ``nccl`` on CUDA and ``gloo`` on the CPU.
 * :func:`wrap_model`: DDP, or ``fully_shard`` per transformer block and then on the root.
-* :func:`grad_sync`: skip the gradient all-reduce on every micro-step but the last.
 * :func:`micro_batch_size`, :func:`global_batch_offsets`, :func:`rank_offsets`,
   :func:`read_windows`: how each rank reads its own share of every global batch from one
   memory-mapped token file (``shared.data.open_token_file``).
@@ -26,10 +25,8 @@ Sources: PyTorch docs for ``DistributedDataParallel``, ``torch.distributed.fsdp.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["DistInfo", "STRATEGIES", "init_distributed", "teardown", "wrap_model", "unwrap",
-           "grad_sync", "all_reduce_mean", "micro_batch_size", "global_batch_offsets",
+           "all_reduce_mean", "micro_batch_size", "global_batch_offsets",
            "rank_offsets", "read_windows", "full_state_dicts", "load_optimizer_state",
            "gather_rng_states", "set_rng_states", "training_memory_bytes"]
 
@@ -155,6 +152,13 @@ def wrap_model(model: nn.Module, strategy: str, info: DistInfo,
       module already has, so every rank must build it with the same seed (or load the same
       checkpoint) before calling this. The model is modified in place.
 
+    Gradient accumulation: DDP skips its all-reduce on every micro-step but the last
+    (``model.no_sync()``, passed to ``shared.train.train_step``), so gradients are summed
+    locally and reduced once per step. FSDP reduce-scatters on every micro-step instead:
+    skipping it (``set_requires_gradient_sync(False)``) would keep *unsharded* gradients
+    between micro-steps, giving back the memory FSDP is used to save. The result is the
+    same, since the reduction is linear.
+
     Args:
         bf16_params: FSDP only: all-gather and compute with bf16 weights while gradients are
             reduced in fp32 (``MixedPrecisionPolicy``). Halves the all-gather traffic; the
@@ -190,26 +194,6 @@ def wrap_model(model: nn.Module, strategy: str, info: DistInfo,
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module inside a DDP wrapper (FSDP2 and single-process models are returned as is)."""
     return model.module if hasattr(model, "no_sync") and hasattr(model, "module") else model
-
-
-@contextlib.contextmanager
-def grad_sync(model: nn.Module, strategy: str, sync: bool) -> Iterator[None]:
-    """Context for one micro-step's forward *and* backward in gradient accumulation.
-
-    With ``sync=False`` (every micro-step but the last) DDP skips its all-reduce
-    (``model.no_sync()``): the local gradients just accumulate in ``.grad``, and the last
-    micro-step's backward all-reduces the sum once. That saves K - 1 all-reduces per step.
-
-    FSDP2 keeps reduce-scattering on every micro-step (this context does nothing for it):
-    skipping it (``set_requires_gradient_sync(False)``) would keep *unsharded* gradients
-    between micro-steps, which gives back the memory that FSDP is used to save. The result
-    is the same either way, because the reduction is linear.
-    """
-    if strategy == "ddp" and not sync:
-        with model.no_sync():
-            yield
-    else:
-        yield
 
 
 def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
@@ -325,8 +309,11 @@ def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer,
     keyed by parameter name rather than by position, so a checkpoint written with one
     strategy loads with any other.
     """
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
     if not info.distributed:
         opts = StateDictOptions(full_state_dict=True)
     else:
