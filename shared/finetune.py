@@ -27,9 +27,38 @@ from torch import nn
 
 from shared.data import Play, shakespeare_plays
 
-__all__ = ["LABELS", "GENRE_TO_LABEL", "FOLIO_OVERRIDES", "play_label", "genre_split", "cut_passages",
+__all__ = ["starting_model", "LABELS", "GENRE_TO_LABEL", "FOLIO_OVERRIDES", "play_label", "genre_split", "cut_passages",
            "Passage", "make_genre_dataset", "pad_batch", "GPTClassifier", "set_trainable",
            "STRATEGIES", "train_classifier", "evaluate_classifier", "confusion_matrix"]
+
+def starting_model(use_gpt2: bool = False, device: torch.device | str | None = None):
+    """The weights finetuning starts from: ``(model, tokenizer, description)``.
+
+    By default the Chapter 5 course GPT (:func:`shared.pretrained.course_model`), which works
+    offline (it trains a small one on the spot if no checkpoint exists). With ``use_gpt2=True``
+    it tries OpenAI's GPT-2 124M through :func:`shared.weights.load_gpt2` (a download of
+    ~500 MB the first time); when the Hub cannot be reached it says so and falls back to the
+    course GPT, so a notebook always runs.
+    """
+    from shared.runtime import DEVICE
+
+    device = torch.device(device) if device is not None else DEVICE
+    if use_gpt2:
+        from shared.tokenizer import gpt2_encoding
+        from shared.weights import HubUnavailableError, load_gpt2
+
+        try:
+            model = load_gpt2("gpt2", device=device)
+            print("Using OpenAI GPT-2 124M (Hugging Face 'gpt2') through shared.weights.load_gpt2")
+            return model, gpt2_encoding(), "GPT-2 124M"
+        except (HubUnavailableError, OSError) as e:
+            print(f"GPT-2 is not available offline ({type(e).__name__}: {e}).\n"
+                  "Falling back to the Chapter 5 course GPT.")
+    from shared.pretrained import course_model
+
+    model, tokenizer = course_model(device=device)
+    return model, tokenizer, f"course GPT ({model.num_parameters() / 1e6:.2f}M parameters)"
+
 
 #: The three classes, in label-index order.
 LABELS = ("comedy", "tragedy", "history")
