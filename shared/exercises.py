@@ -12,7 +12,8 @@ cells, the learner's part is fenced like this::
 
 The generator writes ``chXX_*/<name>.ipynb`` (the learner copy) in which each fenced region
 becomes ``raise NotImplementedError("<hint>")`` at the same indentation, all outputs are
-cleared, and markdown lines containing ``SOLUTION-ONLY`` are dropped.
+cleared, markdown lines containing ``SOLUTION-ONLY`` are dropped, and the solution's
+Colab badge is pointed at the learner copy.
 
 Usage::
 
@@ -82,7 +83,10 @@ def make_exercise(solution: Path) -> nbformat.NotebookNode:
     Raises:
         ValueError: if the notebook has no solution region at all (nothing to exercise).
     """
+    from shared.notebooks import colab_url
+
     nb = nbformat.read(solution, as_version=4)
+    sol_url, ex_url = colab_url(solution), colab_url(exercise_path(solution))
     n_regions = 0
     for i, cell in enumerate(nb.cells):
         cell.pop("id", None)
@@ -94,6 +98,8 @@ def make_exercise(solution: Path) -> nbformat.NotebookNode:
             cell.metadata.pop("execution", None)
         elif cell.cell_type == "markdown":
             cell.source = "\n".join(ln for ln in cell.source.splitlines() if "SOLUTION-ONLY" not in ln)
+            # The solution's own Colab badge must point to the learner copy in the learner copy.
+            cell.source = cell.source.replace(sol_url, ex_url)
     if n_regions == 0:
         raise ValueError(f"{solution}: no '### BEGIN SOLUTION' region found")
     nb.metadata.pop("widgets", None)
