@@ -89,7 +89,7 @@ def make_exercise(solution: Path) -> nbformat.NotebookNode:
     sol_url, ex_url = colab_url(solution), colab_url(exercise_path(solution))
     n_regions = 0
     for i, cell in enumerate(nb.cells):
-        cell.pop("id", None)
+        cell["id"] = f"cell-{i:03d}"  # deterministic ids: the generated file is byte-stable
         if cell.cell_type == "code":
             n_regions += len([ln for ln in cell.source.splitlines() if BEGIN.match(ln)])
             cell.source = strip_solutions(cell.source, where=f"{solution.name} cell {i}")
@@ -103,10 +103,6 @@ def make_exercise(solution: Path) -> nbformat.NotebookNode:
     if n_regions == 0:
         raise ValueError(f"{solution}: no '### BEGIN SOLUTION' region found")
     nb.metadata.pop("widgets", None)
-    nbformat.validator.normalize(nb)
-    # Deterministic cell ids so the generated file is byte-stable.
-    for i, cell in enumerate(nb.cells):
-        cell["id"] = f"cell-{i:03d}"
     return nb
 
 
