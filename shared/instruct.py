@@ -343,16 +343,40 @@ def answer(model: nn.Module, tokenizer, record: dict, max_new_tokens: int = 16, 
 
 
 def exact_match(model: nn.Module, tokenizer, records: Sequence[dict], max_new_tokens: int = 16,
-                preamble: bool = True) -> tuple[float, list[str]]:
+                preamble: bool = True, batch_size: int = 32) -> tuple[float, list[str]]:
     """Fraction of ``records`` whose greedy answer equals ``output`` exactly (after ``strip()``),
     and the answers.
+
+    Prompts are generated ``batch_size`` at a time, left-padded, with
+    ``shared.generate.generate`` (Chapter 6; each row gets the tokens it would get alone); without
+    that module, one at a time with :func:`greedy_generate`. Prompts are cut from the left to
+    leave ``max_new_tokens`` positions of the context for the answer.
 
     Raises:
         ValueError: if ``records`` is empty.
     """
     if not records:
         raise ValueError("exact_match needs at least one record")
-    preds = [answer(model, tokenizer, r, max_new_tokens, preamble) for r in records]
+    eos_id = eos_token_id(tokenizer)
+    keep = max(1, model.cfg.context_length - max_new_tokens)
+    prompts = [tokenizer.encode(format_prompt(r, preamble))[-keep:] for r in records]
+    try:
+        from shared.generate import generate, left_pad
+    except ImportError:
+        generate = None
+    model.eval()
+    new_ids: list[list[int]] = []
+    if generate is None:
+        new_ids = [greedy_generate(model, p, max_new_tokens, eos_id) for p in prompts]
+    else:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            for s in range(0, len(prompts), batch_size):
+                idx, mask = left_pad(prompts[s:s + batch_size], pad_id=eos_id, device=device)
+                out = generate(model, idx, max_new_tokens, temperature=0.0, eos_id=eos_id, attention_mask=mask)
+                for row in out[:, idx.size(1):].tolist():
+                    new_ids.append(row[:row.index(eos_id)] if eos_id in row else row)
+    preds = [tokenizer.decode(ids).strip() for ids in new_ids]
     score = sum(p == r["output"].strip() for p, r in zip(preds, records)) / len(records)
     return score, preds
 

@@ -214,3 +214,15 @@ def test_alpaca_loader(tmp_path):
             load_alpaca_json(tmp_path / name)
     with pytest.raises(FileNotFoundError):
         load_alpaca_json(tmp_path / "nope.json")
+
+
+def test_batched_exact_match_equals_one_at_a_time():
+    from shared.instruct import answer
+    tok = CharTok()
+    torch.manual_seed(0)
+    model = GPTModel(CFG).eval()
+    recs = generate_instruction_data(6, seed=1, tasks=("reverse_words", "arithmetic", "last_word"))
+    recs[0] = {**recs[0], "output": answer(model, tok, recs[0], max_new_tokens=4, preamble=False)}
+    score, preds = exact_match(model, tok, recs, max_new_tokens=4, preamble=False, batch_size=4)
+    assert preds == [answer(model, tok, r, max_new_tokens=4, preamble=False) for r in recs]
+    assert score >= 1 / 6
