@@ -40,11 +40,11 @@ CHECKPOINT_DIR = ROOT / "ch05_pretraining" / "checkpoints"
 RECIPES: dict[str, dict] = {
     "smoke": dict(vocab_size=512, text_chars=400_000, val_chars=100_000,
                   model=dict(context_length=64, d_model=64, n_heads=4, n_layers=2, dropout=0.0),
-                  batch_size=16, max_steps=120, max_lr=3e-3, warmup_steps=10, weight_decay=0.1,
-                  grad_clip=1.0, eval_interval=60, eval_iters=4, seed=0),
+                  batch_size=16, max_steps=60, max_lr=3e-3, warmup_steps=6, weight_decay=0.1,
+                  grad_clip=1.0, eval_interval=30, eval_iters=4, seed=0),
     "default": dict(vocab_size=1024, text_chars=None,
-                    model=dict(context_length=128, d_model=192, n_heads=6, n_layers=4, dropout=0.0),
-                    batch_size=32, max_steps=1200, max_lr=3e-3, warmup_steps=60, weight_decay=0.1,
+                    model=dict(context_length=128, d_model=128, n_heads=4, n_layers=4, dropout=0.0),
+                    batch_size=32, max_steps=1000, max_lr=3e-3, warmup_steps=50, weight_decay=0.1,
                     grad_clip=1.0, eval_interval=200, eval_iters=10, seed=0),
 }
 
@@ -78,8 +78,8 @@ def prepare_data(rec: dict, tokenizer=None, verbose: bool = False) -> dict:
     """Train (or reuse) the course BPE and encode the plays.
 
     Returns:
-        ``{"tokenizer", "train_ids", "val_ids"}`` (``np.uint16`` arrays) plus ``"val_bytes"``
-        and ``"val_tokens"`` (to convert a per-token loss into bits per byte).
+        ``{"tokenizer", "train_ids", "val_ids"}`` (``np.uint16`` arrays) plus ``"val_text"``,
+        ``"val_bytes"`` and ``"val_tokens"`` (to convert a per-token loss into bits per byte).
     """
     from shared.data import load_shakespeare
     from shared.tokenizer import BPETokenizer
@@ -97,7 +97,7 @@ def prepare_data(rec: dict, tokenizer=None, verbose: bool = False) -> dict:
     if verbose:
         print(f"tokenizer: vocab_size={tokenizer.vocab_size}, {len(train_ids):,} train / {len(val_ids):,} val "
               f"tokens ({len(val_text.encode()) / len(val_ids):.2f} bytes/token), {time.perf_counter() - t0:.1f}s")
-    return {"tokenizer": tokenizer, "train_ids": train_ids, "val_ids": val_ids,
+    return {"tokenizer": tokenizer, "train_ids": train_ids, "val_ids": val_ids, "val_text": val_text,
             "val_bytes": len(val_text.encode("utf-8")), "val_tokens": len(val_ids)}
 
 
