@@ -202,7 +202,7 @@ def prepare_shakespeare(out: Path, tokenizer: str, vocab_size: int, smoke: bool)
     in nats/token into bits per byte.
     """
     from shared.data import load_shakespeare, write_token_file
-    name = "gpt2" if tokenizer == "gpt2" else f"bpe{vocab_size}{'-smoke' if smoke else ''}"
+    name = ("gpt2" if tokenizer == "gpt2" else f"bpe{vocab_size}") + ("-smoke" if smoke else "")
     folder = out / "data"
     train_f, val_f, meta_f = folder / f"train_{name}.npy", folder / f"val_{name}.npy", folder / f"{name}.json"
     if train_f.exists() and val_f.exists() and meta_f.exists():
