@@ -7,11 +7,28 @@ import pytest
 import torch
 
 from shared.data import VAL_PLAYS, shakespeare_plays
-from shared.finetune import (LABELS, GPTClassifier, evaluate_classifier, genre_split, make_genre_dataset,
-                             pad_batch, play_label, set_trainable, train_classifier)
-from shared.instruct import (EOS, IGNORE_INDEX, encode_example, exact_match, format_prompt,
-                             generate_instruction_data, instruction_collate, load_alpaca_json,
-                             split_instruction_data)
+from shared.finetune import (
+    LABELS,
+    GPTClassifier,
+    evaluate_classifier,
+    genre_split,
+    make_genre_dataset,
+    pad_batch,
+    play_label,
+    set_trainable,
+    train_classifier,
+)
+from shared.instruct import (
+    EOS,
+    IGNORE_INDEX,
+    encode_example,
+    exact_match,
+    format_prompt,
+    generate_instruction_data,
+    instruction_collate,
+    load_alpaca_json,
+    split_instruction_data,
+)
 from shared.model import GPTConfig, GPTModel
 
 

@@ -4,8 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from shared.lora import (LoRALinear, apply_lora, count_trainable, load_lora_state_dict, lora_state_dict,
-                         merge_lora)
+from shared.lora import (
+    LoRALinear,
+    apply_lora,
+    count_trainable,
+    load_lora_state_dict,
+    lora_state_dict,
+    merge_lora,
+)
 from shared.model import GPTConfig, GPTModel
 
 CFG = GPTConfig(vocab_size=64, context_length=16, d_model=32, n_heads=4, n_layers=2, qkv_bias=True)
