@@ -7,8 +7,14 @@ Runs the same small model, global batch and data three ways, one after the other
 * N processes x 1 thread, DDP  (``torchrun --nproc_per_node=N``, gloo all-reduce)
 
 and prints the steady-state tokens/s (median over the steps after the first fifth, from
-``summary.json``) side by side, with the speed-up over 1 process and the load average, since
-other work on the machine changes the figures. Usage::
+``summary.json``) side by side, with the speed-up over 1 process and the load average.
+
+On a machine shared with other work, wall-clock tokens/s mostly measure how much CPU each
+run was given (more processes get a larger share of a busy machine). So the script also
+prints **tokens per CPU-second** (each rank's CPU time per step, from ``time.process_time``),
+which the load changes much less, and the tokens/s it implies on idle cores
+(``tokens per CPU-second x processes x threads``). Their ratio between DDP and 1 process is
+the parallel efficiency: what the gloo all-reduce and the duplicated work cost. Usage::
 
     python ch05_pretraining/bench_ddp_cpu.py                  # cpu-small model, 2 processes
     python ch05_pretraining/bench_ddp_cpu.py --nproc 4 --steps 40 --preset cpu-medium
@@ -73,14 +79,21 @@ def main() -> None:
                        f"--nproc_per_node={nproc}", str(SCRIPT), "--strategy", "ddp", "--out", str(out), *common]
             subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
             summary = json.loads((out / "summary.json").read_text())
-            results.append((label, summary["tokens_per_s"]))
-            print(f"  {label:<40} {summary['tokens_per_s']:>10,.0f} tok/s", flush=True)
-        base = results[0][1]
+            tps, share = summary["tokens_per_s"], summary["rank0_cpu_per_wall_s"]
+            per_cpu_s = tps / (nproc * share)  # tokens per CPU-second (all threads of all ranks)
+            cores = nproc * int(threads)
+            results.append((label, tps, share, per_cpu_s, per_cpu_s * cores))
+            print(f"  {label:<40} {tps:>10,.0f} tok/s  (rank 0 used {share:.2f} CPU-s per s)", flush=True)
+        base, base_est = results[0][1], results[0][4]
         print(f"\n{args.preset}, global batch {args.batch_size} x T={summary['context_length']}, "
               f"{summary['params'] / 1e6:.2f}M params, {args.steps} steps")
-        print(f"{'run':<40} {'tokens/s':>10} {'vs 1 process':>13}")
-        for label, tps in results:
-            print(f"{label:<40} {tps:>10,.0f} {tps / base:>12.2f}x")
+        print(f"{'run':<40} {'tokens/s':>9} {'ratio':>6} {'CPU-s/s':>8} {'tok/CPU-s':>10} {'idle est.':>10} {'ratio':>6}")
+        for label, tps, share, per_cpu_s, est in results:
+            print(f"{label:<40} {tps:>9,.0f} {tps / base:>5.2f}x {share:>8.2f} {per_cpu_s:>10,.0f} "
+                  f"{est:>10,.0f} {est / base_est:>5.2f}x")
+        print("ratio: against 1 process x 1 thread. CPU-s/s: CPU seconds rank 0 got per second.\n"
+              "idle est. = tok/CPU-s x processes x threads: the rate if every core were free to the run\n"
+              "(an upper bound for threads, whose CPU time includes spinning while they wait).")
         print(f"load average after: {load_average()}  (on {os.cpu_count()} CPUs)")
 
 

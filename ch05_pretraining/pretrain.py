@@ -67,6 +67,7 @@ from shared.distributed import (  # noqa: E402
     micro_batch_size,
     rank_offsets,
     read_windows,
+    same_on_all_ranks,
     set_rng_states,
     teardown,
     unwrap,
@@ -160,6 +161,8 @@ def resolve_args(args: argparse.Namespace, device: torch.device) -> argparse.Nam
     """Fill unset flags from the profile and check the values (raises :class:`CLIError`)."""
     key = "smoke" if args.profile == "smoke" else f"default-{'cuda' if device.type == 'cuda' else 'cpu'}"
     for name, value in PROFILE_DEFAULTS[key].items():
+        if name == "vocab_size" and args.data is not None:
+            continue  # inferred from the token file
         if getattr(args, name, None) is None:
             setattr(args, name, value)
     for name in ("max_steps", "batch_size", "grad_accum", "eval_iters", "log_interval"):
@@ -255,10 +258,12 @@ def load_data(args: argparse.Namespace, info: DistInfo) -> tuple[np.ndarray, np.
         else:
             n_val = max(len(train) // 10, 1)
             train, val = train[:-n_val], train[-n_val:]
-        largest = int(max(train.max(), val.max()))
-        vocab_size = args.vocab_size if args.vocab_size is not None else largest + 1
-        if vocab_size <= largest:
-            raise CLIError(f"--vocab-size {vocab_size} is too small: the data holds token id {largest}")
+        vocab_size = args.vocab_size
+        if vocab_size is None or len(train) + len(val) <= 200_000_000:  # a full scan takes seconds
+            largest = int(max(train.max(), val.max()))
+            vocab_size = largest + 1 if vocab_size is None else vocab_size
+            if vocab_size <= largest:
+                raise CLIError(f"--vocab-size {vocab_size} is too small: the data holds token id {largest}")
     return train, val, vocab_size, meta
 
 
@@ -375,6 +380,9 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
         ckpt = load_run_checkpoint(ckpt_path, model, cfg)
     elif args.resume:
         log(f"--resume: no checkpoint at {ckpt_path}, starting at step 0")
+    if not same_on_all_ranks(int(ckpt["step"]) if ckpt is not None else -1, info):
+        raise ValueError(f"the ranks disagree about {ckpt_path} (some see another checkpoint or none): "
+                         "--out must be on a filesystem that every node shares")
     model.to(device)
     if args.compile:
         for block in model.blocks if strategy == "fsdp" else [model]:
@@ -441,8 +449,8 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
 
     no_sync = model.no_sync if strategy == "ddp" else None
     model.train()
-    recent: list[float] = []
-    t_last = time.perf_counter()
+    recent: list[tuple[float, float]] = []  # (tokens/s, rank-0 CPU seconds per wall second)
+    t_last, cpu_last = time.perf_counter(), time.process_time()
     current_step = start
     for step in range(start, args.max_steps):
         current_step = step
@@ -456,8 +464,10 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
         last = step == args.max_steps - 1
         now = time.perf_counter()
         dt, t_last = now - t_last, now
+        cpu_now = time.process_time()
+        cpu_dt, cpu_last = cpu_now - cpu_last, cpu_now
         tokens_per_s = args.batch_size * T / dt
-        recent.append(tokens_per_s)
+        recent.append((tokens_per_s, cpu_dt / dt))
         record = {"step": step, "loss": loss, "lr": out["lr"], "grad_norm": out["grad_norm"],
                   "tokens_per_s": tokens_per_s}
         m = mfu(tokens_per_s / info.world_size, flops_per_token, peak)
@@ -467,7 +477,7 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
             record["val_loss"] = evaluate()
             if meta.get("val_bytes_per_token"):
                 record["val_bpb"] = record["val_loss"] / (meta["val_bytes_per_token"] * math.log(2))
-            t_last = time.perf_counter()  # evaluation time is not training throughput
+            t_last, cpu_last = time.perf_counter(), time.process_time()  # evaluation is not training
         if info.is_main and (step % args.log_interval == 0 or last or "val_loss" in record):
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -481,7 +491,7 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
         stop_early = args.debug_exit_after is not None and step + 1 >= args.debug_exit_after
         if last or stop_early or (args.checkpoint_interval and (step + 1) % args.checkpoint_interval == 0):
             save_run_checkpoint(ckpt_path, model if strategy == "fsdp" else core, optimizer, step + 1, cfg, args, info)
-            t_last = time.perf_counter()
+            t_last, cpu_last = time.perf_counter(), time.process_time()
         if stop_early:
             break
         if args.debug_hang_after is not None and step + 1 >= args.debug_hang_after:
@@ -490,12 +500,16 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
 
     if recent and info.is_main:
         steady = recent[min(len(recent) - 1, max(1, len(recent) // 5)):]  # skip warm-up / compile steps
-        tps = float(np.median(steady))
+        tps = float(np.median([r[0] for r in steady]))
+        cpu_share = float(np.median([r[1] for r in steady]))
         summary = {"strategy": strategy, "world_size": info.world_size, "device": device_name(device),
                    "params": n_params, "context_length": T, "global_batch": args.batch_size,
                    "tokens_per_s": tps, "tokens_per_s_per_process": tps / info.world_size,
                    "mfu": mfu(tps / info.world_size, flops_per_token, peak), "compile": args.compile,
-                   "amp": str(amp_dtype).removeprefix("torch.")}
+                   "amp": str(amp_dtype).removeprefix("torch."),
+                   # CPU seconds rank 0 used per wall second (1.0 = one busy core; less when
+                   # waiting for communication, data or other programs on a loaded machine)
+                   "rank0_cpu_per_wall_s": cpu_share}
         _atomic_write_text(args.out / "summary.json", json.dumps(summary, indent=1))
         line = f"throughput (median of the last {len(steady)} steps): {tps:,.0f} tok/s"
         if summary["mfu"] is not None:

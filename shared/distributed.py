@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["DistInfo", "STRATEGIES", "init_distributed", "teardown", "wrap_model", "unwrap",
-           "all_reduce_mean", "micro_batch_size", "global_batch_offsets",
+           "all_reduce_mean", "same_on_all_ranks", "micro_batch_size", "global_batch_offsets",
            "rank_offsets", "read_windows", "full_state_dicts", "load_optimizer_state",
            "gather_rng_states", "set_rng_states", "training_memory_bytes"]
 
@@ -207,6 +207,21 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         out /= info.world_size
     return out
+
+
+def same_on_all_ranks(value: int, info: DistInfo) -> bool:
+    """True when every rank passes the same integer (e.g. the step it would resume from).
+
+    A cheap guard before the first real collective: if ranks disagree (say, only rank 0 can
+    see the checkpoint because ``--out`` is not on a shared filesystem), they would call
+    different collectives and hang instead of failing.
+    """
+    if not info.distributed:
+        return True
+    device = info.device if info.backend == "nccl" else torch.device("cpu")
+    t = torch.tensor([value, -value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t[0]) == value == -int(t[1])
 
 
 # --------------------------------------------------------------------------------------
