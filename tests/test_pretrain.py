@@ -175,12 +175,21 @@ def test_ddp_two_processes_match_one_process(token_file, single_run, tmp_path):
 
 @pytest.mark.slow
 def test_fsdp_two_processes_match_one_process_across_a_resume(token_file, single_run, tmp_path):
-    """FSDP2, stopped after 3 of 6 steps and resumed from its checkpoint, ends where 1 process does."""
+    """FSDP2, stopped after 3 of 6 steps and resumed from its checkpoint, ends where 1 process
+    does; its checkpoint also resumes as a single process."""
     run(_args(token_file, tmp_path, "--debug-exit-after", "3"), nproc=2, strategy="fsdp")
     mid = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert mid["step"] == 3 and mid["extra"]["run"]["strategy"] == "fsdp"
+    other = tmp_path / "one_process"
+    other.mkdir()
+    shutil.copy(tmp_path / "ckpt.pt", other / "ckpt.pt")
     run(_args(token_file, tmp_path, "--resume"), nproc=2, strategy="fsdp")
     _assert_parity(tmp_path, single_run)
+    # The same FSDP checkpoint also resumes in one process (another strategy and world size).
+    run(_args(token_file, other, "--resume", grad_accum=1))
+    assert [r["step"] for r in metrics(other)] == [3, 4, 5]
+    np.testing.assert_allclose([r["loss"] for r in metrics(other)],
+                               [r["loss"] for r in metrics(single_run)][3:], rtol=0, atol=1e-5)
     # full (unsharded) tensors with plain GPTModel names: loadable without torch.distributed
     from shared.checkpoint import load_model
     assert load_model(tmp_path / "ckpt.pt").tok_emb.weight.shape == (256, 32)
