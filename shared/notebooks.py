@@ -55,7 +55,10 @@ def setup_cell(chapter: str) -> str:
 
 
 def colab_url(notebook: Path) -> str:
-    rel = notebook.resolve().relative_to(ROOT).as_posix()
+    try:
+        rel = notebook.resolve().relative_to(ROOT).as_posix()
+    except ValueError:  # a notebook outside the course (e.g. a learner's copy elsewhere)
+        rel = notebook.name
     owner_repo = REPO_URL.removeprefix("https://github.com/")
     return f"https://colab.research.google.com/github/{owner_repo}/blob/main/{rel}"
 
