@@ -310,3 +310,27 @@ def test_attn_mask_of_wrong_length_raises():
     m = make()
     with pytest.raises(ValueError, match="attn_mask"):
         m(torch.randn(1, 5, 12), attn_mask=torch.ones(1, 4))
+
+
+def test_matches_hugging_face_gpt2_attention():
+    """The documented layout: qkv = HF ``c_attn`` (a Conv1D, ``[d_in, 3*d_out]``) transposed."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
+
+    cfg = transformers.GPT2Config(n_embd=16, n_head=4, n_positions=32, attn_pdrop=0.0, resid_pdrop=0.0)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    hf = GPT2Attention(cfg, layer_idx=0).eval()
+    m = MultiHeadAttention(16, 16, 32, 4, qkv_bias=True).eval()
+    with torch.no_grad():
+        m.qkv.weight.copy_(hf.c_attn.weight.T)
+        m.qkv.bias.copy_(hf.c_attn.bias)
+        m.out_proj.weight.copy_(hf.c_proj.weight.T)
+        m.out_proj.bias.copy_(hf.c_proj.bias)
+        x = torch.randn(2, 9, 16)
+        # Recent transformers build the causal mask at model level, so pass it (additive, 4-D);
+        # older versions also apply their own causal buffer, which gives the same result.
+        causal = torch.full((9, 9), float("-inf")).triu(1)[None, None]
+        out = hf(x, attention_mask=causal)
+        expected = out[0] if isinstance(out, tuple) else out
+        torch.testing.assert_close(m(x), expected, atol=1e-5, rtol=1e-5)
