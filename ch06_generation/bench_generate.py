@@ -108,14 +108,14 @@ def main(argv: list[str] | None = None) -> None:
         out, times = timed_run(model, idx, args.n_new, use_cache, device)
         runs[use_cache] = (out, times)
         name = "with KV cache   " if use_cache else "without KV cache"
-        print(f"{name}: {args.n_new / times[-1]:8.1f} tokens/s  ({times[-1]:.1f} s)")
+        print(f"{name}: {args.n_new / times[-1]:8.2f} tokens/s  ({times[-1]:.1f} s)")
     if False in runs:
         same = torch.equal(runs[True][0], runs[False][0])
         print(f"speedup: {runs[False][1][-1] / runs[True][1][-1]:.1f}x   identical tokens: {same}")
     print("running tokens/s at generated length n:")
     marks = sorted({m for m in (16, 32, 64, 128, 256, 512, 1024, args.n_new) if m <= args.n_new})
     for m in marks:
-        row = "  ".join(f"{'cache' if uc else 'no cache'} {m / t[m - 1]:8.1f}" for uc, (_, t) in runs.items())
+        row = "  ".join(f"{'cache' if uc else 'no cache'} {m / t[m - 1]:8.2f}" for uc, (_, t) in runs.items())
         print(f"  n={m:5d}: {row} tokens/s")
 
     if not args.no_hf:
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             tps, hf_out = res
             same = torch.equal(hf_out.cpu(), runs[True][0].cpu())
-            print(f"HF generate (its KV cache): {tps:8.1f} tokens/s   identical greedy tokens: {same}")
+            print(f"HF generate (its KV cache): {tps:8.2f} tokens/s   identical greedy tokens: {same}")
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"load average at end: {load}")
 
