@@ -38,7 +38,6 @@ import math
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["generate", "generate_tokens", "generate_text", "stream", "apply_temperature",
            "top_k_filter", "top_p_filter", "sample_next", "left_pad", "find_eos_id"]

@@ -11,8 +11,18 @@ import torch
 from torch import nn
 
 from shared.attention import KVCache
-from shared.generate import (apply_temperature, find_eos_id, generate, generate_text, generate_tokens,
-                             left_pad, sample_next, stream, top_k_filter, top_p_filter)
+from shared.generate import (
+    apply_temperature,
+    find_eos_id,
+    generate,
+    generate_text,
+    generate_tokens,
+    left_pad,
+    sample_next,
+    stream,
+    top_k_filter,
+    top_p_filter,
+)
 from shared.model import GPTConfig, GPTModel
 
 CTX = 16
