@@ -1,18 +1,33 @@
 """`shared`: the finished components of the course, one concept per module.
 
-Later chapters import from here instead of copying code::
+Later chapters import from here instead of copying code:
 
-    from shared.tokenizer import BPETokenizer        # Chapter 1
-    from shared.data import load_shakespeare, GPTDataset, create_dataloader   # Chapters 1-2
-    from shared.attention import MultiHeadAttention  # Chapter 3
-    from shared.model import GPTConfig, GPTModel     # Chapter 4
-    from shared.weights import load_gpt2             # Chapter 4
-    from shared.train import ...                     # Chapter 5
-    from shared.generate import generate             # Chapter 6
-    from shared.lora import LoRALinear, apply_lora   # Chapter 7
+==========================  ===========================================================
+module                      what it holds (chapter)
+==========================  ===========================================================
+``shared.runtime``          the run profile switch, device choice, seeding (all)
+``shared.tokenizer``        byte-level BPE, GPT-2's tokenizer offline (1)
+``shared.data``             the Shakespeare corpus, sliding-window datasets, token files (1, 2)
+``shared.attention``        causal multi-head attention and the KV cache (3, 6)
+``shared.model``            GPTConfig, GPTModel, parameter and FLOP counts (4)
+``shared.weights``          GPT-2 weights from/to the Hugging Face layout (4)
+``shared.hardware``         peak FLOP/s per device, MFU (4, 5)
+``shared.train``            loss, schedule, AdamW groups, the training loop (5)
+``shared.checkpoint``       atomic, validated checkpoints (5)
+``shared.distributed``      DDP/FSDP set-up for ``ch05_pretraining/pretrain.py`` (5)
+``shared.pretrained``       the Chapter 5 course model, loaded or trained on the spot (5-7)
+``shared.generate``         sampling, streaming, cached and batched generation (6)
+``shared.finetune``         genre classification finetuning (7)
+``shared.instruct``         instruction data, Alpaca format, loss masking, exact match (7)
+``shared.lora``             LoRA from scratch (7)
+``shared.checks``           self-checks in exercise notebooks
+``shared.exercises``        generates exercise notebooks from solutions
+``shared.grade``            the autograder: ``python -m shared.grade NOTEBOOK...``
+``shared.notebooks``        maintainer tools (run, clean, setup cell, README table)
+==========================  ===========================================================
 
-Each notebook cell that shows one of these components is tagged ``# shared: shared.x.y``
-and the test-suite checks that it is character-for-character the code in this package.
+Each notebook cell that shows one of these components is tagged ``# shared: shared.x.y``,
+and the test suite checks that it matches the code in this package character for character.
 """
 
 __version__ = "0.1.0"
