@@ -95,6 +95,7 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: tor
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; let other users of a shared run folder read it
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()

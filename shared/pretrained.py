@@ -10,7 +10,7 @@
 ``course_bpe_<profile>.json``. If there is none yet it trains a small model on the spot with
 the same recipe (:data:`RECIPES`, :func:`train_course_model`) and saves it there, so Chapters 6
 and 7 work even if Chapter 5 was never run: about 20 s under the smoke profile on 2 CPU cores,
-a few minutes under the default profile.
+about 10 minutes on 2 CPU cores under the default profile (under a minute on a GPU).
 
 The recipe: a byte-level course BPE (Chapter 1) with a *small* vocabulary, trained on the
 training plays; a small GPT (Chapter 4); AdamW with warmup and cosine decay (Chapter 5) on
@@ -171,7 +171,7 @@ def course_model(device: torch.device | str | None = None, verbose: bool = True)
     Loads ``ch05_pretraining/checkpoints/course_gpt_<profile>.pt`` and
     ``course_bpe_<profile>.json`` if they exist (written by the Chapter 5 notebook or an
     earlier call); otherwise trains a small model now (:func:`train_course_model`, ~20 s under
-    smoke on 2 CPU cores, a few minutes under default) and saves it there. A corrupt or
+    smoke on 2 CPU cores, about 10 minutes under default) and saves it there. A corrupt or
     mismatched checkpoint is reported and replaced.
 
     Args:
@@ -205,7 +205,7 @@ def course_model(device: torch.device | str | None = None, verbose: bool = True)
             if verbose:
                 print(f"Could not use {_relative(ckpt_path)} ({e}); training a new one.")
     if verbose:
-        est = "~20 s" if profile == "smoke" else "a few minutes"
+        est = "~20 s" if profile == "smoke" else "about 10 min on 2 CPU cores, under a minute on a GPU"
         print(f"No Chapter 5 checkpoint found: training a small model now ({est}; run the Chapter 5 "
               f"notebook to train the full one).")
     model, tokenizer, info = train_course_model(profile, device=device, verbose=False)
