@@ -6,7 +6,14 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from shared.notebooks import ABS_PATH_PATTERNS, all_notebooks, colab_url, setup_cell, shared_source, tagged_cells
+from shared.notebooks import (
+    ABS_PATH_PATTERNS,
+    all_notebooks,
+    colab_url,
+    setup_cell,
+    shared_source,
+    tagged_cells,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = all_notebooks()
