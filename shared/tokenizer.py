@@ -77,15 +77,15 @@ def pretokenize(text: str, pattern: str = GPT2_PATTERN) -> list[str]:
     return regex.findall(pattern, text)
 
 
-def get_stats(ids, counts=None, weight=1):
-    """Count adjacent pairs in ``ids`` (adding ``weight`` each) into the dict ``counts``.
+def get_stats(ids, counts=None):
+    """Count adjacent pairs in ``ids`` into the dict ``counts`` (a new dict if ``None``).
 
     >>> get_stats([1, 2, 3, 1, 2])
     {(1, 2): 2, (2, 3): 1, (3, 1): 1}
     """
     counts = {} if counts is None else counts
     for pair in zip(ids, ids[1:]):
-        counts[pair] = counts.get(pair, 0) + weight
+        counts[pair] = counts.get(pair, 0) + 1
     return counts
 
 
