@@ -217,8 +217,11 @@ def encode_chunk(ids, merges):
     return ids
 
 
-def _special_regex(tokens: Iterable[str]):
-    """One regex matching any of ``tokens`` (longest first, so overlaps are deterministic)."""
+@functools.lru_cache(maxsize=64)
+def _special_regex(tokens: frozenset[str]):
+    """One regex matching any of ``tokens`` (longest first, so overlaps are deterministic).
+
+    Cached: :meth:`BPETokenizer.encode` needs it on every call, with the same few sets."""
     return regex.compile("|".join(regex.escape(t) for t in sorted(tokens, key=lambda t: (-len(t), t))))
 
 
@@ -299,7 +302,7 @@ class BPETokenizer:
                              f"tokens plus {len(special_tokens)} special token(s), so vocab_size >= "
                              f"{256 + len(special_tokens)}")
         n_merges = vocab_size - 256 - len(special_tokens)
-        pieces = _special_regex(special_tokens).split(text) if special_tokens else [text]
+        pieces = _special_regex(frozenset(special_tokens)).split(text) if special_tokens else [text]
         chunks = [c for piece in pieces for c in regex.findall(pattern, piece)]
         if naive:
             merges = naive_merges([list(c.encode("utf-8")) for c in chunks], n_merges)
@@ -328,14 +331,13 @@ class BPETokenizer:
         return len(self.vocab)
 
     def _encode_piece(self, chunk: str) -> list[int]:
-        ids = self._cache.get(chunk)
-        if ids is None:
-            data = chunk.encode("utf-8")
-            token = self._token_id.get(data)  # a chunk that is a whole token (as in tiktoken)
-            ids = [token] if token is not None else encode_chunk([self.byte_ids[b] for b in data], self.merges)
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()
-            self._cache[chunk] = ids
+        """Encode one chunk that is not in the cache yet, and cache it."""
+        data = chunk.encode("utf-8")
+        token = self._token_id.get(data)  # a chunk that is a whole token (as in tiktoken)
+        ids = [token] if token is not None else encode_chunk([self.byte_ids[b] for b in data], self.merges)
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()
+        self._cache[chunk] = ids
         return ids
 
     def encode_ordinary(self, text: str) -> list[int]:
@@ -376,7 +378,7 @@ class BPETokenizer:
         specials = set(self.special_tokens)
         allowed = specials if allowed_special == "all" else set(allowed_special) & specials
         disallowed = specials - allowed if disallowed_special == "all" else set(disallowed_special)
-        if disallowed and (m := _special_regex(disallowed).search(text)):
+        if disallowed and (m := _special_regex(frozenset(disallowed)).search(text)):
             raise ValueError(
                 f"Encountered text corresponding to disallowed special token {m.group()!r}. To encode it as "
                 f"the special token, pass allowed_special={{{m.group()!r}}} (or 'all'); to encode it as plain "
@@ -385,7 +387,7 @@ class BPETokenizer:
             return self.encode_ordinary(text)
         out: list[int] = []
         start = 0
-        for m in _special_regex(allowed).finditer(text):
+        for m in _special_regex(frozenset(allowed)).finditer(text):
             out += self.encode_ordinary(text[start:m.start()])
             out.append(self.special_tokens[m.group()])
             start = m.end()
