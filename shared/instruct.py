@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.generate import find_eos_id, generate, left_pad
+
 __all__ = ["EOS", "IGNORE_INDEX", "PREAMBLE", "PREAMBLE_NO_INPUT", "format_prompt", "load_alpaca_json",
            "TASKS", "generate_instruction_data", "split_instruction_data", "encode_example",
            "instruction_collate", "eos_token_id", "greedy_generate", "answer", "exact_match",
@@ -230,18 +232,16 @@ def split_instruction_data(records: Sequence[dict], held_out_fraction: float = 0
 # --------------------------------------------------------------------------------------
 
 def eos_token_id(tokenizer) -> int:
-    """The id of ``<|endoftext|>`` for a course BPE tokenizer or a tiktoken encoding.
+    """The id of ``<|endoftext|>`` for a course BPE tokenizer or a tiktoken encoding
+    (:func:`shared.generate.find_eos_id`, which must find one).
 
     Raises:
         ValueError: if the tokenizer does not encode ``<|endoftext|>`` as a single token.
     """
-    try:
-        ids = tokenizer.encode(EOS, allowed_special={EOS})
-    except (TypeError, ValueError):
-        ids = tokenizer.encode(EOS, allowed_special="all")
-    if len(ids) != 1:
-        raise ValueError(f"tokenizer encodes {EOS!r} as {ids}, not one special token")
-    return ids[0]
+    eos = find_eos_id(tokenizer)
+    if eos is None:
+        raise ValueError(f"tokenizer does not encode {EOS!r} as one special token")
+    return eos
 
 
 def encode_example(tokenizer, record: dict, preamble: bool = True) -> tuple[list[int], list[int]]:
@@ -299,40 +299,17 @@ def instruction_collate(batch: Sequence[tuple[Sequence[int], Sequence[int]]], pa
     return inputs, targets, mask
 
 
-@torch.no_grad()
 def greedy_generate(model: nn.Module, ids: Sequence[int], max_new_tokens: int, eos_id: int | None = None) -> list[int]:
     """Greedy continuation of one prompt: the new token ids (without the prompt, without EOS).
 
-    Uses ``shared.generate.generate`` (Chapter 6) when it is available, else a small loop with
-    the model's KV cache. The prompt is cut from the left to leave room for the answer.
+    Uses ``shared.generate.generate`` (Chapter 6: temperature 0, KV cache). The prompt is cut
+    from the left to leave room for the answer.
     """
-    model.eval()
-    ctx = model.cfg.context_length
-    keep = max(1, ctx - max_new_tokens)
+    keep = max(1, model.cfg.context_length - max_new_tokens)
     ids = list(ids)[-keep:]
-    device = next(model.parameters()).device
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
-    try:
-        from shared.generate import generate
-    except ImportError:
-        generate = None
-    if generate is not None:
-        out = generate(model, idx, max_new_tokens, temperature=0.0, eos_id=eos_id)[0, len(ids):].tolist()
-    else:
-        out = []
-        cache = model.new_kv_cache()
-        logits = model(idx, kv_cache=cache)
-        for _ in range(max_new_tokens):
-            nxt = int(logits[0, -1].argmax())
-            if nxt == eos_id:
-                break
-            out.append(nxt)
-            if cache.length >= ctx:
-                break
-            logits = model(torch.tensor([[nxt]], device=device), kv_cache=cache)
-    if eos_id is not None and eos_id in out:
-        out = out[:out.index(eos_id)]
-    return out
+    idx = torch.tensor([ids], dtype=torch.long)
+    out = generate(model, idx, max_new_tokens, temperature=0.0, eos_id=eos_id)[0, len(ids):].tolist()
+    return out[:out.index(eos_id)] if eos_id is not None and eos_id in out else out
 
 
 def answer(model: nn.Module, tokenizer, record: dict, max_new_tokens: int = 16, preamble: bool = True) -> str:
@@ -348,9 +325,9 @@ def exact_match(model: nn.Module, tokenizer, records: Sequence[dict], max_new_to
     and the answers.
 
     Prompts are generated ``batch_size`` at a time, left-padded, with
-    ``shared.generate.generate`` (Chapter 6; each row gets the tokens it would get alone); without
-    that module, one at a time with :func:`greedy_generate`. Prompts are cut from the left to
-    leave ``max_new_tokens`` positions of the context for the answer.
+    ``shared.generate.generate`` (Chapter 6; each row gets the tokens it would get alone).
+    Prompts are cut from the left to leave ``max_new_tokens`` positions of the context for the
+    answer.
 
     Raises:
         ValueError: if ``records`` is empty.
@@ -360,22 +337,12 @@ def exact_match(model: nn.Module, tokenizer, records: Sequence[dict], max_new_to
     eos_id = eos_token_id(tokenizer)
     keep = max(1, model.cfg.context_length - max_new_tokens)
     prompts = [tokenizer.encode(format_prompt(r, preamble))[-keep:] for r in records]
-    try:
-        from shared.generate import generate, left_pad
-    except ImportError:
-        generate = None
-    model.eval()
     new_ids: list[list[int]] = []
-    if generate is None:
-        new_ids = [greedy_generate(model, p, max_new_tokens, eos_id) for p in prompts]
-    else:
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            for s in range(0, len(prompts), batch_size):
-                idx, mask = left_pad(prompts[s:s + batch_size], pad_id=eos_id, device=device)
-                out = generate(model, idx, max_new_tokens, temperature=0.0, eos_id=eos_id, attention_mask=mask)
-                for row in out[:, idx.size(1):].tolist():
-                    new_ids.append(row[:row.index(eos_id)] if eos_id in row else row)
+    for s in range(0, len(prompts), batch_size):
+        idx, mask = left_pad(prompts[s:s + batch_size], pad_id=eos_id)
+        out = generate(model, idx, max_new_tokens, temperature=0.0, eos_id=eos_id, attention_mask=mask)
+        for row in out[:, idx.size(1):].tolist():
+            new_ids.append(row[:row.index(eos_id)] if eos_id in row else row)
     preds = [tokenizer.decode(ids).strip() for ids in new_ids]
     score = sum(p == r["output"].strip() for p, r in zip(preds, records)) / len(records)
     return score, preds
