@@ -85,16 +85,17 @@ def grade_notebook(path: str | Path, cell_timeout: float = 300, timeout: float =
     declared = expected_checks(nb)
     with tempfile.TemporaryDirectory() as tmp:
         results_file = Path(tmp) / "checks.jsonl"
-        env_before = {k: os.environ.get(k) for k in ("COURSE_CHECKS_FILE", "LLM_PROFILE")}
-        os.environ["COURSE_CHECKS_FILE"] = str(results_file)
-        os.environ.setdefault("LLM_PROFILE", "smoke")
+        # The kernel gets its own environment: where to record checks, and the smoke profile
+        # unless the caller chose one. Our own os.environ is left untouched.
+        env = {**os.environ, "COURSE_CHECKS_FILE": str(results_file),
+               "LLM_PROFILE": os.environ.get("LLM_PROFILE", "smoke")}
         start = time.monotonic()
         client = NotebookClient(
             nb, timeout=cell_timeout, kernel_name="python3", allow_errors=True,
             resources={"metadata": {"path": str(path.parent.resolve())}},
         )
         try:
-            with client.setup_kernel():
+            with client.setup_kernel(env=env):
                 for index, cell in enumerate(nb.cells):
                     if time.monotonic() - start > timeout:
                         report.errors.append(f"notebook time limit of {timeout:.0f}s reached before cell {index}")
@@ -109,12 +110,6 @@ def grade_notebook(path: str | Path, cell_timeout: float = 300, timeout: float =
             report.errors.append(f"the kernel died: {e}")
         except Exception as e:
             report.errors.append(f"execution failed: {type(e).__name__}: {e}")
-        finally:
-            for k, v in env_before.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
         report.seconds = round(time.monotonic() - start, 1)
         recorded: dict[str, tuple[bool, str]] = {}
         if results_file.exists():

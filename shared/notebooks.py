@@ -107,24 +107,23 @@ def tagged_cells(nb: nbformat.NotebookNode) -> list[tuple[int, str, str]]:
 
 def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """Remove machine-specific noise: execution timings, absolute paths in outputs."""
-    home = str(Path.home())
-    root = str(ROOT)
+    home, root = str(Path.home()), str(ROOT)
+
+    def fix(text: str | list[str]) -> str:
+        text = text if isinstance(text, str) else "".join(text)
+        return text.replace(root + "/", "").replace(root, ".").replace(home, "~")
+
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
-        if cell.cell_type != "code":
-            continue
         for out in cell.get("outputs", []):
-            def fix(s: str) -> str:
-                return s.replace(root + "/", "").replace(root, ".").replace(home, "~")
             if "text" in out:
-                out["text"] = fix(out["text"] if isinstance(out["text"], str) else "".join(out["text"]))
+                out["text"] = fix(out["text"])
             if "traceback" in out:
                 out["traceback"] = [fix(t) for t in out["traceback"]]
+            data = out.get("data", {})
             for key in ("text/plain", "text/html", "text/markdown"):
-                data = out.get("data", {})
                 if key in data:
-                    v = data[key] if isinstance(data[key], str) else "".join(data[key])
-                    data[key] = fix(v)
+                    data[key] = fix(data[key])
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     nb.metadata.pop("widgets", None)
     lang = nb.metadata.get("language_info", {})
@@ -139,10 +138,10 @@ def run(path: Path, profile: str = "default", cell_timeout: int = 1800) -> float
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    os.environ["LLM_PROFILE"] = profile
     t0 = time.time()
     NotebookClient(nb, timeout=cell_timeout, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent.resolve())}}).execute()
+                   resources={"metadata": {"path": str(path.parent.resolve())}}
+                   ).execute(env={**os.environ, "LLM_PROFILE": profile})
     nbformat.write(clean(nb), path)
     if path.parent.name == "solutions":
         from shared.exercises import exercise_path, make_exercise, render
