@@ -99,47 +99,17 @@ def hf_name_map(n_layers: int) -> dict[str, tuple[str, bool]]:
     four Conv1D weights per block (stored ``[in, out]`` by HF, ``[out, in]`` by ``nn.Linear``).
     The LM head is not listed: it is tied to ``wte.weight``.
     """
-    m: dict[str, tuple[str, bool]] = {
-        "wte.weight": ("tok_emb.weight", False),
-        "wpe.weight": ("pos_emb.weight", False),
-    }
+    # Per block: (HF module, our module, is_conv1d). Only a Conv1D's 2-D weight is transposed.
+    block = (("ln_1", "ln1", False), ("attn.c_attn", "attn.qkv", True), ("attn.c_proj", "attn.out_proj", True),
+             ("ln_2", "ln2", False), ("mlp.c_fc", "mlp.fc", True), ("mlp.c_proj", "mlp.proj", True))
+    m = {"wte.weight": ("tok_emb.weight", False), "wpe.weight": ("pos_emb.weight", False)}
     for i in range(n_layers):
-        h, b = f"h.{i}.", f"blocks.{i}."
-        m.update({
-            h + "ln_1.weight": (b + "ln1.weight", False),
-            h + "ln_1.bias": (b + "ln1.bias", False),
-            h + "attn.c_attn.weight": (b + "attn.qkv.weight", True),
-            h + "attn.c_attn.bias": (b + "attn.qkv.bias", False),
-            h + "attn.c_proj.weight": (b + "attn.out_proj.weight", True),
-            h + "attn.c_proj.bias": (b + "attn.out_proj.bias", False),
-            h + "ln_2.weight": (b + "ln2.weight", False),
-            h + "ln_2.bias": (b + "ln2.bias", False),
-            h + "mlp.c_fc.weight": (b + "mlp.fc.weight", True),
-            h + "mlp.c_fc.bias": (b + "mlp.fc.bias", False),
-            h + "mlp.c_proj.weight": (b + "mlp.proj.weight", True),
-            h + "mlp.c_proj.bias": (b + "mlp.proj.bias", False),
-        })
+        for hf, ours, conv1d in block:
+            m[f"h.{i}.{hf}.weight"] = (f"blocks.{i}.{ours}.weight", conv1d)
+            m[f"h.{i}.{hf}.bias"] = (f"blocks.{i}.{ours}.bias", False)
     m["ln_f.weight"] = ("final_norm.weight", False)
     m["ln_f.bias"] = ("final_norm.bias", False)
     return m
-
-
-def _hf_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
-    """Expected shape of every HF tensor (Conv1D weights as ``[in, out]``)."""
-    C, V = cfg.d_model, cfg.vocab_size
-    shapes = {"wte.weight": (V, C), "wpe.weight": (cfg.context_length, C),
-              "ln_f.weight": (C,), "ln_f.bias": (C,)}
-    for i in range(cfg.n_layers):
-        h = f"h.{i}."
-        shapes.update({
-            h + "ln_1.weight": (C,), h + "ln_1.bias": (C,),
-            h + "attn.c_attn.weight": (C, 3 * C), h + "attn.c_attn.bias": (3 * C,),
-            h + "attn.c_proj.weight": (C, C), h + "attn.c_proj.bias": (C,),
-            h + "ln_2.weight": (C,), h + "ln_2.bias": (C,),
-            h + "mlp.c_fc.weight": (C, 4 * C), h + "mlp.c_fc.bias": (4 * C,),
-            h + "mlp.c_proj.weight": (4 * C, C), h + "mlp.c_proj.bias": (C,),
-        })
-    return shapes
 
 
 # ----------------------------------------------------------------------------- config
@@ -371,7 +341,7 @@ def load_gpt2(source: str | os.PathLike, *, revision: str | None = None, dropout
 
     sd = {(k[len(_PREFIX):] if k.startswith(_PREFIX) else k): v for k, v in raw.items()}
     lm_head = sd.pop("lm_head.weight", None)
-    name_map, shapes = hf_name_map(cfg.n_layers), _hf_shapes(cfg)
+    name_map = hf_name_map(cfg.n_layers)
     missing = [k for k in name_map if k not in sd]
     if missing:
         raise MissingTensorError(f"{filename} lacks tensor(s) {_names(missing)} needed by a GPT-2 with "
@@ -380,7 +350,10 @@ def load_gpt2(source: str | os.PathLike, *, revision: str | None = None, dropout
     if unexpected:
         raise UnexpectedTensorError(f"{filename} holds tensor(s) {_names(unexpected)} that a GPT-2 with "
                                     f"n_layer={cfg.n_layers} has no place for", unexpected)
-    for k, shape in shapes.items():
+    model = GPTModel(cfg)
+    own = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    for k, (name, transpose) in name_map.items():  # HF stores Conv1D weights [in, out]
+        shape = own[name][::-1] if transpose else own[name]
         if tuple(sd[k].shape) != shape:
             raise TensorShapeError(f"tensor {k} in {filename} has shape {tuple(sd[k].shape)}, expected "
                                    f"{shape} from config.json", k)
@@ -389,7 +362,6 @@ def load_gpt2(source: str | os.PathLike, *, revision: str | None = None, dropout
 
     state = {ours: (sd[hf].t() if transpose else sd[hf]) for hf, (ours, transpose) in name_map.items()}
     state["lm_head.weight"] = state["tok_emb.weight"]
-    model = GPTModel(cfg)
     model.load_state_dict(state, strict=True)
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
