@@ -421,7 +421,7 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
         else:
             truncate_metrics(metrics_path, start)
 
-    n_params = core.num_parameters() if hasattr(core, "num_parameters") else sum(p.numel() for p in core.parameters())
+    n_params = core.num_parameters()  # a GPTModel (FSDP2 keeps its methods; DTensor numel is global)
     flops_per_token = core.flops_per_token(T)
     peak = peak_flops(device, amp_dtype) if device.type == "cuda" else None
     log(f"pretrain.py: {strategy} x {info.world_size} ({info.backend or 'no process group'}) on "
@@ -430,7 +430,6 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
         f"{args.grad_accum} micro-steps x {micro} | {len(train_tokens):,} train tokens | "
         f"amp={str(amp_dtype).removeprefix('torch.')}")
 
-    nan_hook = None
     if args.debug_inject_nan_at is not None and info.is_main:
         def nan_hook(_module, _inputs, output):  # poison rank 0's logits at one step
             return output * float("nan") if current_step == args.debug_inject_nan_at and core.training else output
