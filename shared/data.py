@@ -228,7 +228,7 @@ class GPTDataset(Dataset):
             raise IndexError(f"window {i} is out of range for a dataset of {self._len} windows")
         s = (i % self._len) * self.stride
         chunk = torch.from_numpy(np.array(self.tokens[s:s + self.context_length + 1], dtype=np.int64))
-        return chunk[:-1].clone(), chunk[1:].clone()
+        return chunk[:-1].clone(), chunk[1:]  # chunk is a fresh copy: only x must stop sharing it with y
 
 
 def create_dataloader(token_ids, batch_size: int, context_length: int, stride: int,
