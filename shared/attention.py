@@ -26,7 +26,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MultiHeadAttention", "KVCache"]
+__all__ = ["MultiHeadAttention", "KVCache", "build_attention_mask"]
+
+
+def build_attention_mask(T: int, T_k: int, key_padding: torch.Tensor | None = None,
+                   device: torch.device | None = None) -> torch.Tensor | None:
+    """Which keys each query may attend to: boolean ``[B or 1, 1, T, T_k]`` (True = may attend).
+
+    The ``T`` queries sit at absolute positions ``T_k - T .. T_k - 1`` (the first ``T_k - T``
+    keys are cached), and query ``i`` may see keys ``j <= T_k - T + i`` (causal). With a
+    ``key_padding`` mask ``[B, T_k]`` (1 = real token, 0 = padding) padded keys are hidden too.
+
+    Returns ``None`` when plain causal attention needs no mask: no padding and either no cached
+    keys (SDPA's fast ``is_causal`` path) or one query, which may see every cached key.
+    A model builds this once per forward and hands it to every layer.
+
+    Raises:
+        ValueError: if ``key_padding`` does not cover ``T_k`` positions.
+    """
+    if key_padding is None and (T == T_k or T == 1):
+        return None
+    q_pos = torch.arange(T_k - T, T_k, device=device)[:, None]  # [T, 1] absolute query positions
+    k_pos = torch.arange(T_k, device=device)[None, :]            # [1, T_k]
+    allowed = k_pos <= q_pos                                     # [T, T_k] causal
+    if key_padding is None:
+        return allowed[None, None]
+    if key_padding.shape[-1] != T_k:
+        raise ValueError(f"attn_mask covers {key_padding.shape[-1]} positions, expected {T_k}")
+    # A padding query would see no key at all (softmax of all -inf = NaN, which then leaks
+    # through 0 * NaN). Let every query see itself; padding outputs are ignored anyway.
+    allowed = (allowed & key_padding.bool()[:, None, :]) | (k_pos == q_pos)  # [B, T, T_k]
+    return allowed[:, None]
 
 
 class KVCache:
@@ -113,7 +143,9 @@ class MultiHeadAttention(nn.Module):
         Args:
             x: ``[B, T, d_in]``.
             attn_mask: optional key-padding mask ``[B, T_past + T]`` (True/1 = real token,
-                False/0 = padding) for batched prompts of different lengths.
+                False/0 = padding) for batched prompts of different lengths, or the boolean
+                ``[B or 1, 1, T, T_past + T]`` mask that :func:`build_attention_mask` builds from it
+                (a model builds it once and passes it to every layer).
             kv_cache: optional :class:`KVCache`; keys/values of ``x`` are appended to it
                 and the queries attend to everything cached so far.
             layer_idx: which layer of ``kv_cache`` this module owns.
@@ -138,41 +170,22 @@ class MultiHeadAttention(nn.Module):
         if T_k > self.context_length:
             raise ValueError(f"sequence length {T_k} exceeds context_length={self.context_length}")
 
-        allowed = self._allowed(T, T_k, attn_mask, x.device)  # None means plain causal
+        if attn_mask is not None and attn_mask.dim() == 4:
+            allowed = attn_mask  # already built by the caller, once for all layers
+        else:
+            allowed = build_attention_mask(T, T_k, attn_mask, x.device)  # None means plain causal
         if self.use_sdpa:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0,
                 is_causal=allowed is None and T > 1)
         else:
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # [B, H, T, T_k]
-            if allowed is None:
-                scores = scores.masked_fill(self.mask[:T, :T], float("-inf"))
-            else:
+            if allowed is not None:
                 scores = scores.masked_fill(~allowed, float("-inf"))
+            elif T > 1:  # no cached keys: the plain causal mask
+                scores = scores.masked_fill(self.mask[:T, :T], float("-inf"))
             weights = torch.softmax(scores, dim=-1)
             weights = F.dropout(weights, p=self.dropout, training=self.training)
             out = weights @ v  # [B, H, T, hd]
         out = out.transpose(1, 2).reshape(B, T, self.d_out)  # merge heads: [B, T, d_out]
         return self.out_proj(out)
-
-    def _allowed(self, T: int, T_k: int, attn_mask: torch.Tensor | None,
-                 device: torch.device) -> torch.Tensor | None:
-        """Boolean ``[B or 1, 1, T, T_k]`` mask (True = may attend), or None for plain causal."""
-        past = T_k - T
-        if attn_mask is None and past == 0:
-            return None  # the fast is_causal path
-        if attn_mask is None and T == 1:
-            return None  # one new query may see every cached key
-        # Query i sits at absolute position past + i and may see keys j <= past + i.
-        allowed = ~self.mask[past:past + T, :T_k].to(device)  # [T, T_k]
-        allowed = allowed[None, None]
-        if attn_mask is not None:
-            if attn_mask.shape[-1] != T_k:
-                raise ValueError(f"attn_mask covers {attn_mask.shape[-1]} positions, expected {T_k}")
-            allowed = allowed & attn_mask.bool()[:, None, None, :]
-            # A padding query would see no key at all (softmax of all -inf = NaN, which then
-            # leaks through 0 * NaN). Let every query see itself; padding outputs are ignored.
-            diag = torch.zeros(T, T_k, dtype=torch.bool, device=device)
-            diag[torch.arange(T), past + torch.arange(T)] = True
-            allowed = allowed | diag
-        return allowed

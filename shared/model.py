@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.attention import KVCache, MultiHeadAttention
+from shared.attention import KVCache, MultiHeadAttention, build_attention_mask
 
 __all__ = ["GPTConfig", "GPTModel", "LayerNorm", "GELU", "FeedForward", "TransformerBlock", "PRESETS"]
 
@@ -224,8 +224,10 @@ class GPTModel(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=idx.device)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(position_ids))  # [B, T, C]
+        # The same causal/padding mask serves every layer: build it once, not once per layer.
+        mask = build_attention_mask(T, past + T, attention_mask, idx.device)
         for i, block in enumerate(self.blocks):
-            x = block(x, attn_mask=attention_mask, kv_cache=kv_cache, layer_idx=i)
+            x = block(x, attn_mask=mask, kv_cache=kv_cache, layer_idx=i)
         if kv_cache is not None:
             kv_cache.length += T
         return self.final_norm(x)

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from shared.attention import KVCache, MultiHeadAttention
+from shared.attention import KVCache, MultiHeadAttention, build_attention_mask
 
 BOTH_PATHS = pytest.mark.parametrize("use_sdpa", [True, False], ids=["sdpa", "hand"])
 
@@ -334,3 +334,37 @@ def test_matches_hugging_face_gpt2_attention():
         out = hf(x, attention_mask=causal)
         expected = out[0] if isinstance(out, tuple) else out
         torch.testing.assert_close(m(x), expected, atol=1e-5, rtol=1e-5)
+
+
+# --- build_attention_mask: built once per forward by the model, shared by every layer -------------
+
+@pytest.mark.parametrize("T, T_k", [(1, 1), (4, 4), (1, 6), (3, 7)])
+@pytest.mark.parametrize("padded", [False, True])
+def test_attention_mask_matches_brute_force(T, T_k, padded):
+    torch.manual_seed(0)
+    key_padding = (torch.rand(2, T_k) > 0.3).long() if padded else None
+    got = build_attention_mask(T, T_k, key_padding)
+    B = 2 if padded else 1
+    want = torch.zeros(B, 1, T, T_k, dtype=torch.bool)
+    for b in range(B):
+        for i in range(T):
+            q = T_k - T + i  # absolute position of query i
+            for j in range(T_k):
+                want[b, 0, i, j] = j <= q and (key_padding is None or bool(key_padding[b, j]) or j == q)
+    if got is None:  # only allowed where plain causal attention needs no mask
+        assert not padded and (T == T_k or T == 1)
+    else:
+        assert torch.equal(got, want)
+
+
+def test_prebuilt_mask_equals_key_padding_mask():
+    torch.manual_seed(0)
+    m = MultiHeadAttention(12, 12, context_length=16, n_heads=3).eval()
+    x = torch.randn(2, 6, 12)
+    key_padding = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])
+    with torch.no_grad():
+        a = m(x, attn_mask=key_padding)
+        b = m(x, attn_mask=build_attention_mask(6, 6, key_padding))
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="covers 5 positions, expected 6"):
+        build_attention_mask(6, 6, key_padding[:, :5])
