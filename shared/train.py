@@ -277,14 +277,15 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, get_batch: Ca
         ``{"loss": mean micro-batch loss, "lr", "grad_norm" (before clipping), "tokens", "seq_len"}``.
 
     Raises:
-        FloatingPointError: from :func:`check_finite` when a micro-batch loss is NaN or inf.
+        FloatingPointError: from :func:`check_finite` when the step's loss is NaN or inf
+            (before the optimizer update, so the weights stay finite).
     """
     device = _device_of(model)
     lr = cfg.lr(step)
     for group in optimizer.param_groups:
         group["lr"] = lr
     scaler = scaler if scaler is not None else make_grad_scaler(device)
-    total_loss, tokens = 0.0, 0
+    mean_loss, tokens = torch.zeros((), device=device), 0  # on the device: no sync per micro-batch
     for micro in range(cfg.grad_accum_steps):
         x, y = get_batch()
         x, y = x.to(device), y.to(device)
@@ -292,11 +293,11 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, get_batch: Ca
         sync = contextlib.nullcontext() if (no_sync is None or last) else no_sync()
         with sync:
             with autocast_context(device) if cfg.amp else contextlib.nullcontext():
-                loss = cross_entropy_loss(model(x), y)
-            check_finite(loss, step)
-            scaler.scale(loss / cfg.grad_accum_steps).backward()  # mean over the large batch
-        total_loss += loss.item()
+                loss = cross_entropy_loss(model(x), y) / cfg.grad_accum_steps  # mean over the large batch
+            scaler.scale(loss).backward()
+        mean_loss += loss.detach()
         tokens += y.numel()
+    check_finite(mean_loss, step)  # one host sync per step; a NaN/inf micro-batch makes the sum NaN/inf
     seq_len = y.shape[1]
     scaler.unscale_(optimizer)  # true gradients before measuring/clipping (no-op if disabled)
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -305,7 +306,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, get_batch: Ca
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return {"loss": total_loss / cfg.grad_accum_steps, "lr": lr, "grad_norm": float(grad_norm),
+    return {"loss": mean_loss.item(), "lr": lr, "grad_norm": float(grad_norm),
             "tokens": tokens, "seq_len": seq_len}
 
 
