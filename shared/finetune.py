@@ -35,7 +35,7 @@ __all__ = ["starting_model", "LABELS", "GENRE_TO_LABEL", "FOLIO_OVERRIDES", "pla
            "heldout_play_split", "cut_passages", "SPEAKER_TAG", "strip_speaker_lines", "Passage", "make_genre_dataset",
            "pad_batch", "GPTClassifier", "set_trainable", "STRATEGIES", "train_classifier",
            "predict_classifier", "evaluate_classifier", "confusion_matrix", "bag_of_words",
-           "NaiveBayesClassifier", "majority_class"]
+           "NaiveBayesClassifier", "majority_class", "lm_bits_per_byte"]
 
 def starting_model(use_gpt2: bool = False, device: torch.device | str | None = None):
     """The weights finetuning starts from: ``(model, tokenizer, description)``.
@@ -596,3 +596,42 @@ class NaiveBayesClassifier:
 
     def predict(self, texts: Sequence[str]) -> list[int]:
         return self.log_posterior(texts).argmax(1).tolist()
+
+
+@torch.no_grad()
+def lm_bits_per_byte(model: nn.Module, tokenizer, text: str, max_windows: int = 64,
+                     batch_size: int = 16) -> float:
+    """Language-model bits per byte of ``text``: the measure of forgetting and of domain adaptation.
+
+    ``text`` is encoded once with ``tokenizer.encode`` and cut into consecutive windows of
+    ``context_length`` inputs (the first ``max_windows`` of them; always the same ones, so two
+    models are scored on identical tokens). The summed next-token cross-entropy (nats) over
+    the target tokens is divided by the UTF-8 bytes those targets decode to
+    (``tokenizer.decode``) and by ``ln 2`` (:func:`shared.train.bits_per_byte`).
+
+    Raises:
+        ValueError: if ``text`` is too short for one window or ``max_windows < 1``.
+    """
+    from shared.train import bits_per_byte
+
+    if max_windows < 1:
+        raise ValueError(f"max_windows must be >= 1, got {max_windows}")
+    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    T = model.cfg.context_length
+    n = min(max_windows, (len(ids) - 1) // T)
+    if n < 1:
+        raise ValueError(f"text has {len(ids)} tokens; need more than context_length={T}")
+    windows = ids[: n * T + 1]
+    x = windows[:-1].view(n, T)
+    y = windows[1:].view(n, T)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for s in range(0, n, batch_size):
+        logits = model(x[s:s + batch_size].to(device))
+        total += F.cross_entropy(logits.flatten(0, 1).float(), y[s:s + batch_size].flatten().to(device),
+                                 reduction="sum").item()
+    model.train(was_training)
+    n_bytes = len(tokenizer.decode(windows[1:].tolist()).encode("utf-8"))
+    return bits_per_byte(total / (n * T), n * T, n_bytes)
