@@ -1,9 +1,7 @@
 """Model-parallel experiments of Chapter 5b, run as 2 (or more) processes under ``torchrun``.
 
     torchrun --standalone --nproc_per_node=2 ch05_pretraining/parallel_demo.py parity --out parity.json
-    torchrun --standalone --nproc_per_node=2 ch05_pretraining/parallel_demo.py pipeline --out bubble.json
-    torchrun --standalone --nproc_per_node=2 ch05_pretraining/parallel_demo.py zero --out zero.json
-    torchrun --standalone --nproc_per_node=2 ch05_pretraining/parallel_demo.py tp-train --out tp.json
+    torchrun --standalone --nproc_per_node=2 ch05_pretraining/parallel_demo.py zero pipeline tp-train --out all.json
 
 * ``parity``: tensor-parallel block and model (``shared.parallel``) against the unsplit ones
   (outputs and every gradient), against torch's DTensor ``parallelize_module``, the number of
@@ -16,7 +14,7 @@
 * ``tp-train``: a few AdamW steps of a tensor-parallel GPT against the same steps on one
   process (losses compared).
 
-Rank 0 writes one JSON file (``--out``). Every process uses 1 torch thread and gloo on the CPU.
+Rank 0 writes one JSON file (``--out``): ``{"results": {mode: result}}``. Every process uses 1 torch thread and gloo on the CPU.
 """
 
 from __future__ import annotations
@@ -287,43 +285,63 @@ def tp_train(rank: int, world: int, args) -> dict:
             opt.step()
             timings[name] += time.perf_counter() - t0
             losses[name].append(float(loss))
-    return {"losses": losses, "max_abs_loss_diff": max(abs(a - b) for a, b in zip(losses["tp"], losses["single"])),
+    # gloo all-reduce bandwidth on this machine (the planner's "interconnect")
+    buf = torch.zeros(args.d_model * args.seq_len * args.batch_size)
+    for _ in range(2):
+        dist.all_reduce(buf)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        dist.all_reduce(buf)
+    ar_s = (time.perf_counter() - t0) / 5
+    ring_bytes = 2 * (world - 1) / world * buf.numel() * 4
+    return {"allreduce_bytes": buf.numel() * 4, "allreduce_s": ar_s, "bus_bandwidth_gb_s": ring_bytes / ar_s / 1e9,
+            "flops_per_token": ref.flops_per_token(cfg.context_length),
+            "tokens_per_step": args.batch_size * cfg.context_length,
+            "losses": losses, "max_abs_loss_diff": max(abs(a - b) for a, b in zip(losses["tp"], losses["single"])),
             "step_s": {k: v / args.steps for k, v in timings.items()},
             "params_per_rank_tp": sum(p.numel() for p in model.parameters()),
             "params_single": sum(p.numel() for p in ref.parameters())}
 
 
+MODES = ("parity", "pipeline", "zero", "tp-train")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="parallel_demo.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=("parity", "pipeline", "zero", "tp-train"))
-    p.add_argument("--out", type=Path, required=True, help="JSON file written by rank 0")
+    p.add_argument("modes", nargs="+", choices=MODES, help="experiments to run, in order, in one launch")
+    p.add_argument("--out", type=Path, required=True, help="JSON file written by rank 0: {mode: result}")
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--n-layers", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--vocab-size", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--micro", type=int, nargs="+", default=[1, 2, 4, 8], help="pipeline: micro-batch counts")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="pipeline: timed runs per micro-batch count")
+    p.add_argument("--steps", type=int, default=3, help="zero, tp-train: optimizer steps")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    results = {}
     try:
-        if args.mode == "parity":
-            result = parity(rank, world)
-        elif args.mode == "pipeline":
-            result = pipeline(rank, world, args)
-        elif args.mode == "zero":
-            result = zero(rank, world, args)
-        else:
-            result = tp_train(rank, world, args)
-        everyone = [None] * world
-        dist.all_gather_object(everyone, result)
+        for mode in args.modes:
+            if mode == "parity":
+                result = parity(rank, world)
+            elif mode == "pipeline":
+                result = pipeline(rank, world, args)
+            elif mode == "zero":
+                result = zero(rank, world, args)
+            else:
+                result = tp_train(rank, world, args)
+            if mode in ("parity", "tp-train"):  # per-rank results: gather them all
+                everyone = [None] * world
+                dist.all_gather_object(everyone, result)
+                result = everyone
+            results[mode] = result
         if rank == 0:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            payload = everyone if args.mode in ("parity", "tp-train") else result
-            args.out.write_text(json.dumps({"mode": args.mode, "world_size": world, "result": payload}, indent=1))
+            args.out.write_text(json.dumps({"world_size": world, "args": {k: str(v) for k, v in vars(args).items()},
+                                            "results": results}, indent=1))
     except BaseException:
         dist.destroy_process_group()
         raise

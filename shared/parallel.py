@@ -38,7 +38,7 @@ from torch import nn
 __all__ = ["ColumnParallelLinear", "RowParallelLinear", "tensor_parallel_block", "tensor_parallel_model",
            "tp_comm_bytes_per_layer", "COMM_STATS", "PipelineStage", "pipeline_stages", "gpipe_step",
            "bubble_fraction", "gpipe_schedule", "zero_bytes_per_param", "activation_bytes_per_layer",
-           "plan", "PlanRow"]
+           "plan", "PlanRow", "gpt_num_parameters"]
 
 #: Elements moved by the tensor-parallel ops in this process (for tests and the notebook):
 #: ``{"all_reduce_calls": int, "all_reduce_elements": int}``. Reset with ``COMM_STATS.update(...)``.
@@ -574,6 +574,17 @@ class PlanRow:
     step_s: float
 
 
+def gpt_num_parameters(cfg) -> int:
+    """``shared.model.GPTModel(cfg).num_parameters()`` without building it (tied LM head).
+
+    Per block: ``qkv`` ``3 d^2`` (+ ``3 d`` bias when ``qkv_bias``), ``out_proj`` ``d^2 + d``,
+    MLP ``8 d^2 + 5 d``, two LayerNorms ``4 d``; plus the embeddings ``(V + T_max) d`` and the
+    final LayerNorm ``2 d``."""
+    d = cfg.d_model
+    per_layer = 12 * d * d + 10 * d + (3 * d if cfg.qkv_bias else 0)
+    return cfg.n_layers * per_layer + (cfg.vocab_size + cfg.context_length) * d + 2 * d
+
+
 def plan(model, n_gpus: int, gpu_memory_gb: float, bandwidth_gb_s: float, *, global_batch: int = 512,
          micro_batch: int = 4, seq_len: int | None = None, peak_tflops: float = 989.0, mfu: float = 0.4,
          tp: int = 2, precision: str = "mixed", recompute: bool = False,
@@ -629,12 +640,12 @@ def plan(model, n_gpus: int, gpu_memory_gb: float, bandwidth_gb_s: float, *, glo
     if not 0 < mfu <= 1:
         raise ValueError(f"mfu must be in (0, 1], got {mfu!r}")
     T = cfg.context_length if seq_len is None else seq_len
-    # Parameter and FLOP counts from the formulas of shared.model, without building the model.
-    d, L, V = cfg.d_model, cfg.n_layers, cfg.vocab_size
-    per_layer = 12 * d * d + 13 * d  # qkv (3d^2 + 3d), out (d^2 + d), mlp (8d^2 + 5d), 2 LNs (4d)
-    N = L * per_layer + V * d + cfg.context_length * d + 2 * d
-    n_matmul = L * per_layer + V * d
-    flops_tok = (6.0 + (2.0 if recompute else 0.0)) * n_matmul + 12.0 * L * T * d * (4 / 3 if recompute else 1)
+    d, L = cfg.d_model, cfg.n_layers
+    N = gpt_num_parameters(cfg)
+    # shared.model.GPTModel.flops_per_token: 6 x (non-embedding + LM head) + 12 L T d
+    flops_tok = 6.0 * (N - cfg.context_length * d) + 12.0 * L * T * d
+    if recompute:  # one more forward: 6N + attention becomes 8N + 4/3 attention
+        flops_tok *= 4 / 3
     tokens = global_batch * T
     rate = peak_tflops * 1e12 * mfu
     bw = bandwidth_gb_s * 1e9

@@ -28,6 +28,7 @@ from shared.parallel import (
     activation_bytes_per_layer,
     bubble_fraction,
     gpipe_schedule,
+    gpt_num_parameters,
     pipeline_stages,
     plan,
     tensor_parallel_block,
@@ -50,7 +51,7 @@ def parity(tmp_path_factory) -> list[dict]:
                    check=True, env=env, cwd=ROOT, timeout=240, capture_output=True)
     data = json.loads(out.read_text())
     assert data["world_size"] == 2
-    return data["result"]
+    return data["results"]["parity"]
 
 
 def test_tp_block_matches_unsplit_block(parity):
@@ -192,15 +193,18 @@ def test_tp_comm_bytes_ring_formula():
         tp_comm_bytes_per_layer(4, 1024, 768, 0)
 
 
+def test_gpt_num_parameters_equals_the_model():
+    for cfg in (_cfg(), _cfg(qkv_bias=True), GPTConfig.from_preset("gpt2-small", n_layers=2, vocab_size=500)):
+        assert gpt_num_parameters(cfg) == GPTModel(cfg).num_parameters()
+
+
 def test_plan_memory_and_ordering():
     rows = {r.strategy: r for r in plan("gpt2-medium", 8, 80, 450, global_batch=64, micro_batch=4)}
-    n = GPTModel(GPTConfig.from_preset("gpt2-medium", n_layers=1)).num_parameters()  # sanity of the count below
-    assert n > 0
     ddp, z1, z2, z3 = (rows[k] for k in ("DDP", "ZeRO-1", "ZeRO-2", "ZeRO-3 / FSDP"))
     assert ddp.params_gb + ddp.grads_gb + ddp.optimizer_gb > z1.params_gb + z1.grads_gb + z1.optimizer_gb \
         > z2.params_gb + z2.grads_gb + z2.optimizer_gb > z3.params_gb + z3.grads_gb + z3.optimizer_gb
     # the parameter count is the model's own
-    n_params = GPTModel(GPTConfig.from_preset("gpt2-medium")).num_parameters()
+    n_params = gpt_num_parameters(GPTConfig.from_preset("gpt2-medium"))  # = num_parameters(), tested above
     assert ddp.params_gb == pytest.approx(2 * n_params / 1e9)
     assert z3.comm_s == pytest.approx(1.5 * ddp.comm_s)
     assert "TP=8" in rows and "TP=2 x DP=4" in rows and any(k.startswith("PP=8") for k in rows)
