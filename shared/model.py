@@ -170,14 +170,9 @@ class GPTModel(nn.Module):
     ``forward(idx: LongTensor[B, T]) -> logits: FloatTensor[B, T, vocab_size]``, where
     ``logits[b, t]`` scores the token that follows ``idx[b, :t + 1]``.
 
-    Activation checkpointing (Chen et al., 2016, "Training Deep Nets with Sublinear Memory
-    Cost"): set ``model.activation_checkpointing = True`` and, in training with gradients on
-    (and no KV cache), each block runs under ``torch.utils.checkpoint``: its forward keeps
-    only its input ``[B, T, C]`` and backward runs the block's forward again to rebuild the
-    rest. Memory for activations falls from ``n_layers`` blocks' worth to one block's worth
-    plus ``n_layers`` inputs, for about one extra forward (~33% more compute). Results and
-    gradients are unchanged. It is an attribute, not a ``GPTConfig`` field, so checkpoints and
-    configs are the same with it on or off.
+    ``model.activation_checkpointing = True`` recomputes each block's activations during
+    backward instead of storing them (``torch.utils.checkpoint``; Chen et al., 2016): less
+    memory, one more forward of compute, the same results. Chapter 5b measures it.
 
     Raises:
         ValueError: if ``idx`` is not an integer ``[B, T]`` tensor, or ``T`` (plus any cached
@@ -240,7 +235,7 @@ class GPTModel(nn.Module):
         recompute = (self.activation_checkpointing and self.training and torch.is_grad_enabled()
                      and kv_cache is None)
         for i, block in enumerate(self.blocks):
-            if recompute:  # keep only x; backward re-runs the block (dropout masks replayed: RNG saved)
+            if recompute:  # keep only x; backward re-runs the block (the RNG is replayed for dropout)
                 x = torch.utils.checkpoint.checkpoint(block, x, mask, use_reentrant=False)
             else:
                 x = block(x, attn_mask=mask, kv_cache=kv_cache, layer_idx=i)
