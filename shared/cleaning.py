@@ -37,6 +37,7 @@ from collections import Counter
 __all__ = ["normalize_text", "quality_signals", "quality_issues", "QUALITY_RULES", "NORMAL_FORMS"]
 
 NORMAL_FORMS = ("NFC", "NFD", "NFKC", "NFKD")
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # category Cc except \t and \n
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})
 #: ``name: (signal, low, high)``: a document breaks the rule when ``signal`` is outside ``[low, high]``.
 QUALITY_RULES: dict[str, tuple[str, float, float]] = {
@@ -73,7 +74,7 @@ def normalize_text(text: str, form: str = "NFC", ascii_quotes: bool = False) -> 
     if form not in NORMAL_FORMS:
         raise ValueError(f"form must be one of {NORMAL_FORMS}, got {form!r}")
     text = unicodedata.normalize(form, text.replace("\r\n", "\n").replace("\r", "\n"))
-    text = "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc")
+    text = _CONTROL.sub("", text)
     return text.translate(_QUOTES) if ascii_quotes else text
 
 

@@ -20,11 +20,12 @@ Krell et al. 2021, "Efficient Sequence Packing without Cross-contamination".
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
 
-__all__ = ["join_documents", "pack_documents", "boundary_stats", "mix"]
+__all__ = ["join_documents", "pack_documents", "boundary_stats", "mix", "encode_parallel"]
 
 
 def _check_ids(docs, name: str = "docs") -> list[np.ndarray]:
@@ -46,7 +47,7 @@ def _check_ids(docs, name: str = "docs") -> list[np.ndarray]:
     return out
 
 
-def _check_int(name: str, value, lo: int) -> int:
+def _check_int(name: str, value, lo: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
         raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
     return int(value)
@@ -180,3 +181,39 @@ def mix(sources: Mapping[str, Sequence], weights: Mapping[str, float], seed: int
             yield name, sources[name][i]
 
     return gen()
+
+
+_worker_tokenizer = None
+
+
+def _init_worker(tokenizer) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer
+
+
+def _encode_batch(texts: list[str]) -> list[list[int]]:
+    return [_worker_tokenizer.encode_ordinary(t) if hasattr(_worker_tokenizer, "encode_ordinary")
+            else _worker_tokenizer.encode(t) for t in texts]
+
+
+def encode_parallel(tokenizer, texts: Sequence[str], processes: int = 2, chunk_docs: int = 4) -> list[list[int]]:
+    """Encode ``texts`` (one list of ids per text, in order) with a pool of ``processes`` processes.
+
+    The tokenizer is pickled to each worker once (pool initializer); texts travel in chunks of
+    ``chunk_docs``. ``processes=1`` encodes in this process. Tokenisation is pure Python, so
+    processes (not threads, which share one GIL) are what run it in parallel. Special tokens are
+    encoded as plain text (``encode_ordinary``), as for raw documents.
+
+    Raises:
+        TypeError: if ``texts`` is not a sequence of strings. ValueError: if ``processes`` or
+            ``chunk_docs`` is below 1.
+    """
+    if isinstance(texts, str) or not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
+        raise TypeError("texts must be a sequence of strings")
+    processes, chunk_docs = _check_int("processes", processes, 1), _check_int("chunk_docs", chunk_docs, 1)
+    if processes == 1:
+        _init_worker(tokenizer)
+        return _encode_batch(list(texts))
+    parts = [list(texts[i:i + chunk_docs]) for i in range(0, len(texts), chunk_docs)]
+    with ProcessPoolExecutor(processes, initializer=_init_worker, initargs=(tokenizer,)) as pool:
+        return [ids for part in pool.map(_encode_batch, parts) for ids in part]
