@@ -252,7 +252,7 @@ def prepare_shakespeare(out: Path, tokenizer: str, vocab_size: int, smoke: bool)
         folder.mkdir(parents=True, exist_ok=True)
         tok.save(tok_file)
         encode, n_vocab, eot = tok.encode, tok.vocab_size, tok.special_tokens[ENDOFTEXT]
-    train_ids, val_ids = join_documents(train_docs, encode, eot), join_documents(val_docs, encode, eot)
+    train_ids, val_ids = encode_documents(train_docs, encode, eot), encode_documents(val_docs, encode, eot)
     write_token_file(train_f, train_ids, n_vocab)
     write_token_file(val_f, val_ids, n_vocab)
     # Bytes of the validation text, one separator byte per boundary (as "\n".join would have).
@@ -276,29 +276,25 @@ def _first_chars(docs: list[str], n_chars: int) -> list[str]:
     return out
 
 
-def join_documents(docs: list[str], encode, eot_id: int) -> list[int]:
+def encode_documents(docs: list[str], encode, eot_id: int) -> np.ndarray:
     """Token ids of ``docs``, each followed by ``eot_id`` (``<|endoftext|>``): ``d0 EOT d1 EOT ...``.
 
     Each document is encoded on its own, so no BPE merge crosses a boundary, and the separator
-    is a token the text cannot produce (GPT-2's data format; Radford et al., 2019).
+    is a token the text cannot produce (GPT-2's data format). The joining is
+    ``shared.packing.join_documents`` (Chapter 2b).
 
     Example::
 
-        >>> join_documents(["ab", "c"], lambda s: [ord(ch) for ch in s], 0)
+        >>> encode_documents(["ab", "c"], lambda s: [ord(ch) for ch in s], 0).tolist()
         [97, 98, 0, 99, 0]
 
     Raises:
-        ValueError: if ``docs`` is empty or ``eot_id`` is not a non-negative int.
+        ValueError: if ``docs`` is empty; ValueError/TypeError from ``join_documents`` for a bad ``eot_id``.
     """
+    from shared.packing import join_documents
     if not docs:
         raise ValueError("docs must hold at least one document")
-    if isinstance(eot_id, bool) or not isinstance(eot_id, int) or eot_id < 0:
-        raise ValueError(f"eot_id must be a non-negative int, got {eot_id!r}")
-    ids: list[int] = []
-    for d in docs:
-        ids += encode(d)
-        ids.append(eot_id)
-    return ids
+    return join_documents([encode(d) for d in docs], eot_id)
 
 
 def load_data(args: argparse.Namespace, info: DistInfo) -> tuple[np.ndarray, np.ndarray, int, dict]:

@@ -296,7 +296,7 @@ def test_pretrain_loss_spike_rewinds_and_skips(tmp_path):
     assert bad.returncode == 1 and "--spike-factor" in bad.stderr
 
 
-def test_join_documents_puts_endoftext_between_documents():
+def test_encode_documents_puts_endoftext_between_documents():
     import importlib.util
     spec = importlib.util.spec_from_file_location("pretrain_mod", PRETRAIN)
     mod = importlib.util.module_from_spec(spec)
@@ -304,11 +304,11 @@ def test_join_documents_puts_endoftext_between_documents():
     from shared.tokenizer import ENDOFTEXT, BPETokenizer
     tok = BPETokenizer.train("to be or not to be " * 20, 256 + 10)
     eot = tok.special_tokens[ENDOFTEXT]
-    ids = mod.join_documents(["to be", "or not"], tok.encode, eot)
+    ids = mod.encode_documents(["to be", "or not"], tok.encode, eot).tolist()
     assert ids.count(eot) == 2 and ids[-1] == eot
     assert tok.decode(ids) == f"to be{ENDOFTEXT}or not{ENDOFTEXT}"
     assert mod._first_chars(["abc", "defg"], 5) == ["abc", "de"]
     with pytest.raises(ValueError, match="docs"):
-        mod.join_documents([], tok.encode, eot)
+        mod.encode_documents([], tok.encode, eot)
     with pytest.raises(ValueError, match="eot_id"):
-        mod.join_documents(["a"], tok.encode, -1)
+        mod.encode_documents(["a"], tok.encode, -1)
