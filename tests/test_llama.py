@@ -325,11 +325,17 @@ def smollm2():
 
 
 @pytest.fixture(scope="module")
-def hf_smollm2(smollm2):
+def hf_tokenizer(smollm2):
+    """Hugging Face's tokenizer built from the same GGUF (its own converter: an independent oracle)."""
     path = smollm2[0]
-    hf_tok = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    hf_model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
-    return hf_model, hf_tok
+    return transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+
+@pytest.fixture(scope="module")
+def hf_model(smollm2):
+    """Hugging Face's Llama with its own GGUF dequantisation and Q/K un-permutation."""
+    path = smollm2[0]
+    return transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
 
 
 def test_smollm2_config(smollm2):
@@ -358,17 +364,17 @@ TEXTS = ["Hello world", " leading space", "Numbers 12345 and 3.14159, dates 2024
          "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", "<|endoftext|><repo_name>a/b<file_sep>", ""]
 
 
-def test_smollm2_tokenizer_matches_hf(smollm2, hf_smollm2):
+def test_smollm2_tokenizer_matches_hf(smollm2, hf_tokenizer):
     _, _, tok = smollm2
-    _, hf_tok = hf_smollm2
+    hf_tok = hf_tokenizer
     for text in TEXTS:
         theirs = hf_tok(text, add_special_tokens=False)["input_ids"]
         assert tok.encode(text) == theirs, text
         assert tok.decode(theirs) == hf_tok.decode(theirs), text
 
 
-def test_chat_template_matches_the_gguf_template(hf_smollm2):
-    _, hf_tok = hf_smollm2
+def test_chat_template_matches_the_gguf_template(hf_tokenizer):
+    hf_tok = hf_tokenizer
     convs = [[{"role": "user", "content": "What is 2 + 2?"}],
              [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
               {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}]]
@@ -378,14 +384,13 @@ def test_chat_template_matches_the_gguf_template(hf_smollm2):
                 conv, tokenize=False, add_generation_prompt=gen)
 
 
-def test_smollm2_greedy_and_logits_match_hf(smollm2, hf_smollm2):
+def test_smollm2_greedy_and_logits_match_hf(smollm2, hf_model):
     _, model, tok = smollm2
-    hf_model, _ = hf_smollm2
     for i, q in enumerate(PROMPTS):
         ids = torch.tensor([tok.encode(chat_prompt([{"role": "user", "content": q}]))])
-        ours = generate(model, ids, 10, eos_id=tok.eos_id)
+        ours = generate(model, ids, 8, eos_id=tok.eos_id)
         with torch.no_grad():
-            theirs = hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10,
+            theirs = hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
                                        do_sample=False, eos_token_id=tok.eos_id, pad_token_id=tok.eos_id)
         assert ours.tolist() == theirs.tolist(), q
         if i == 0:
