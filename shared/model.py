@@ -186,7 +186,7 @@ def _check_token_range(idx: torch.Tensor, vocab_size: int) -> None:
     """Token ids must lie in ``[0, vocab_size)``: out of range, ``nn.Embedding`` fails with a bare
     ``IndexError`` on the CPU and a device-side assert on CUDA. The CPU check is exact; on CUDA
     an asynchronous assert avoids a host sync on every forward pass."""
-    if idx.numel() == 0 or torch.compiler.is_compiling():
+    if idx.numel() == 0 or idx.is_meta or torch.compiler.is_compiling():
         return
     if idx.device.type == "cuda":
         torch._assert_async(((idx >= 0) & (idx < vocab_size)).all(),

@@ -66,7 +66,7 @@ def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index
 
 def _check_targets(targets: torch.Tensor, V: int, ignore_index: int) -> None:
     """Targets must be ids in ``[0, V)`` or ``ignore_index`` (exact on the CPU; no host sync on CUDA)."""
-    if targets.numel() == 0 or torch.compiler.is_compiling():
+    if targets.numel() == 0 or targets.is_meta or torch.compiler.is_compiling():
         return
     ok = ((targets >= 0) & (targets < V)) | (targets == ignore_index)
     if targets.device.type == "cuda":
