@@ -406,6 +406,9 @@ def tp_clip_grad_norm_(model: nn.Module, max_norm: float | None, group=None) -> 
     replicated ones (identical on every rank) are counted once. Clipping with each rank's local
     norm instead would scale the replicas differently and let them drift apart.
     """
+    if max_norm is not None and (isinstance(max_norm, bool) or not isinstance(max_norm, (int, float))
+                                 or not max_norm > 0):
+        raise ValueError(f"max_norm must be a positive number or None, got {max_norm!r}")
     specs = tp_shard_specs(model)
     device = next(model.parameters()).device
     sharded = torch.zeros((), device=device, dtype=torch.float32)
@@ -618,6 +621,8 @@ def gpipe_schedule(n_stages: int, n_micro: int, backward_cost: int = 2) -> list[
     Idle cells over all cells equals :func:`bubble_fraction`.
     """
     bubble_fraction(n_stages, n_micro)  # validates
+    if isinstance(backward_cost, bool) or not isinstance(backward_cost, int) or backward_cost < 1:
+        raise ValueError(f"backward_cost must be a positive int (ticks), got {backward_cost!r}")
     table: list[list[str]] = [[] for _ in range(n_stages)]
     for s in range(n_stages):
         table[s] += [""] * s + [f"F{m}" for m in range(n_micro)] + [""] * (n_stages - 1 - s)
@@ -670,6 +675,10 @@ def activation_bytes_per_layer(seq_len: int, micro_batch: int, d_model: int, n_h
     ``flash=True`` drops the ``5 a s / h`` term. ``recompute=True`` (full activation
     checkpointing, section 4) keeps only the layer input, ``2 s b h``.
     """
+    for name, v in (("seq_len", seq_len), ("micro_batch", micro_batch), ("d_model", d_model),
+                    ("n_heads", n_heads), ("tp", tp)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
     if recompute:
         return 2.0 * seq_len * micro_batch * d_model
     per = 10 + 24 / tp + (0 if flash else 5 * n_heads * seq_len / (d_model * tp))

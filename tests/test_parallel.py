@@ -182,6 +182,23 @@ def test_activation_bytes_formula():
     assert activation_bytes_per_layer(s, b, h, a, flash=False) == s * b * h * (34 + 5 * a * s / h)
     assert activation_bytes_per_layer(s, b, h, a, tp=8, flash=False) == s * b * h * (10 + 24 / 8 + 5 * a * s / (h * 8))
     assert activation_bytes_per_layer(s, b, h, a, recompute=True) == 2 * s * b * h
+    with pytest.raises(ValueError, match="tp"):
+        activation_bytes_per_layer(s, b, h, a, tp=0)
+
+
+def test_tp_clip_grad_norm_one_process_equals_torch():
+    from shared.parallel import tp_clip_grad_norm_
+    torch.manual_seed(0)
+    model = GPTModel(_cfg())
+    F.cross_entropy(model(torch.randint(0, 64, (2, 16))).flatten(0, 1), torch.randint(0, 64, (32,))).backward()
+    twin = copy.deepcopy(model)
+    ours = tp_clip_grad_norm_(model, 0.1)
+    ref = float(torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.1))
+    assert ours == pytest.approx(ref, rel=1e-5)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-7)
+    with pytest.raises(ValueError, match="max_norm"):
+        tp_clip_grad_norm_(model, -1.0)
 
 
 def test_tp_comm_bytes_ring_formula():
