@@ -191,12 +191,12 @@ def test_tp_clip_grad_norm_one_process_equals_torch():
     torch.manual_seed(0)
     model = GPTModel(_cfg())
     F.cross_entropy(model(torch.randint(0, 64, (2, 16))).flatten(0, 1), torch.randint(0, 64, (32,))).backward()
-    twin = copy.deepcopy(model)
+    grads = [p.grad.clone() for p in model.parameters()]
+    ref = float(torch.nn.utils.get_total_norm(grads))  # torch's global norm of the same gradients
     ours = tp_clip_grad_norm_(model, 0.1)
-    ref = float(torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.1))
-    assert ours == pytest.approx(ref, rel=1e-5)
-    for p, q in zip(model.parameters(), twin.parameters()):
-        assert torch.allclose(p.grad, q.grad, atol=1e-7)
+    assert ours == pytest.approx(ref, rel=1e-5) and ref > 0.1
+    for p, g in zip(model.parameters(), grads):
+        assert torch.allclose(p.grad, g * 0.1 / (ref + 1e-6), atol=1e-7)
     with pytest.raises(ValueError, match="max_norm"):
         tp_clip_grad_norm_(model, -1.0)
 
