@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["QuantizedTensor", "quantize", "dequantize", "QuantLinear", "quantize_model", "model_bytes",
-           "int_mm_available", "gguf_quantize", "gguf_dequantize", "GGUF_BLOCK"]
+           "int_mm_available", "gguf_quantize", "gguf_dequantize", "GGUF_BLOCK", "PeakMemory"]
 
 BITS = (2, 3, 4, 8)
 
@@ -386,3 +386,54 @@ def gguf_dequantize(blocks: np.ndarray, qtype: str) -> np.ndarray:
         q = np.concatenate([nib & 0x0F, nib >> 4], axis=-1).astype(np.float32)  # values 0-15, 16-31
         x = d * q + m
     return x.reshape(*blocks.shape[:-1], blocks.shape[-1] // nbytes * n)
+
+
+# ---------------------------------------------------------------------------- measuring memory
+
+class PeakMemory:
+    """Peak bytes of CPU tensors *created* inside a ``with`` block (a torch dispatch mode).
+
+    Every op's outputs are recorded by storage; a storage whose tensors are all gone stops
+    counting. ``peak`` is the most bytes alive at once, so weights that existed before the
+    block are not included (add :func:`model_bytes`). This is a CPU stand-in for
+    ``torch.cuda.max_memory_allocated``; it slows every op down, so never time inside it.
+
+    Example::
+
+        >>> with torch.no_grad(), PeakMemory() as pm:       # doctest: +SKIP
+        ...     model(idx)
+        >>> pm.peak                                          # doctest: +SKIP
+    """
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                tracker._record(out)
+                return out
+
+        self._mode, self.live, self.peak = _Mode(), {}, 0
+
+    def _record(self, out) -> None:
+        from torch.multiprocessing.reductions import StorageWeakRef
+        from torch.utils._pytree import tree_leaves
+
+        for key in [k for k, (ref, _) in self.live.items() if ref.expired()]:
+            del self.live[key]
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                st = t.untyped_storage()
+                if st.nbytes() and st.data_ptr() not in self.live:
+                    self.live[st.data_ptr()] = (StorageWeakRef(st), st.nbytes())
+        self.peak = max(self.peak, sum(n for _, n in self.live.values()))
+
+    def __enter__(self) -> PeakMemory:
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)

@@ -171,3 +171,19 @@ def test_gguf_bad_input():
         gguf_quantize(np.zeros((2, 32), np.float32), "Q5_K")
     with pytest.raises(ValueError, match="uint8"):
         gguf_dequantize(np.zeros((2, 33), np.uint8), "Q8_0")
+
+
+def test_peak_memory_counts_live_tensors():
+    from shared.quantize import PeakMemory
+    x = torch.randn(256, 256)
+    with PeakMemory() as pm:
+        a = x * 2          # 256 KiB alive
+        b = a + 1          # 512 KiB alive
+        del a, b
+        c = x.sum()
+    assert 512 * 1024 <= pm.peak < 600 * 1024
+    with PeakMemory() as pm2:
+        for _ in range(5):
+            y = x * 2      # each result replaces the last: never more than two alive at once
+    assert pm2.peak <= 2 * 256 * 1024 + 1024
+    del c, y
