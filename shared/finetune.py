@@ -178,6 +178,8 @@ def strip_speaker_lines(text: str) -> str:
         >>> strip_speaker_lines("MACBETH:\\nSo foul and fair a day:\\n\\nFirst Witch:\\nHail!")
         'So foul and fair a day:\\nHail!'
     """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
     out, prev_blank = [], True
     for ln in text.splitlines():
         is_tag = prev_blank and SPEAKER_TAG.match(ln) is not None and len(ln.split()) <= 4
@@ -543,7 +545,13 @@ _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 
 def bag_of_words(text: str) -> list[str]:
-    """Lower-cased words of ``text`` (letters with an inner apostrophe): ``"O, I'll go!"`` -> ``["o", "i'll", "go"]``."""
+    """Lower-cased words of ``text`` (letters with an inner apostrophe): ``"O, I'll go!"`` -> ``["o", "i'll", "go"]``.
+
+    Raises:
+        TypeError: if ``text`` is not a str.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
     return _WORD.findall(text.lower())
 
 
@@ -615,7 +623,13 @@ class NaiveBayesClassifier:
         return self
 
     def log_posterior(self, texts: Sequence[str]) -> np.ndarray:
-        """Unnormalised ``log P(y | text)``, ``[N, n_classes]``."""
+        """Unnormalised ``log P(y | text)``, ``[N, n_classes]``.
+
+        Raises:
+            ValueError: if the classifier has not been fitted yet.
+        """
+        if not hasattr(self, "log_p_word"):
+            raise ValueError("NaiveBayesClassifier is not fitted yet: call fit(texts, labels) first")
         return self._counts(texts) @ self.log_p_word.T + self.log_prior
 
     def predict(self, texts: Sequence[str]) -> list[int]:

@@ -391,7 +391,11 @@ def format_few_shot(record: dict, shots: Sequence[dict]) -> str:
         Output: 2
         Input: 2 + 3
         Output:
+
+    Raises:
+        ValueError: if ``record`` has no ``instruction`` string.
     """
+    _check_record(record)
     lines = [record["instruction"]]
     for shot in shots:
         lines += [f"Input: {shot['input']}", f"Output: {shot['output']}"]
