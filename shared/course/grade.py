@@ -222,7 +222,7 @@ def plan(nb: nbformat.NotebookNode, a: Assignment, report: NotebookReport) -> li
             cells.append(dict(index=i, kind=kind, origin="course", source=c.source))
         cells += [dict(index=i, kind="added", origin="student", source=s) for s in extras.get(i, [])]
     report.notes.append(f"{len(matched)} of {sum(1 for k in a.kinds if k)} course code cells found in the notebook")
-    if not matched:
+    if not any(a.kinds[i] == "answer" or _CHECK_NAME.search(course[i].source) for i in matched):
         report.refused = (f"no cell of this notebook belongs to {a.id}: is it another assignment's notebook "
                           "(renamed)? Submit the notebook made from the course's exercise copy")
     return cells
@@ -424,7 +424,7 @@ def run_sandboxed(cells: list[dict], limits: Limits, seed: int | None, course_ro
         proc.wait()
         os.close(r)
         report.output = log.decode("utf-8", "replace")[-4000:]
-        if proc.returncode not in (0, None) and not any(e["event"] == "done" for e in events):
+        if not any(e.get("event") == "done" for e in events):
             sig = -proc.returncode if proc.returncode < 0 else None
             why = {signal.SIGXCPU: "CPU-time limit", signal.SIGKILL: "killed (time or memory limit?)"}.get(sig, "")
             report.errors.append(f"the checking process ended early (exit status {proc.returncode}"
@@ -523,6 +523,8 @@ def grade_notebook(path: str | Path, *, assignment: str | None = None, limits: L
             report.errors.append(f"cell {ev.get('cell')}: {ev.get('message')}")
         elif kind == "dropped":
             dropped += len(ev.get("statements", []))
+            shown = "; ".join(ev.get("statements", [])[:3])
+            report.notes.append(f"cell {ev.get('cell')}: not run at grading (top-level code): {shown}")
         elif kind == "check":
             name = ev.get("name")
             if name not in declared:
