@@ -102,7 +102,7 @@ def run_variant(solution: Path, v: Variant, **kw) -> tuple[bool, str, NotebookRe
     if not failed:
         return False, "passes every check (the checks miss this mistake)", r
     return False, (f"fails, but no message contains {v.expect!r}: "
-                   + "; ".join(f"{c.name}: {c.message[:160]}" for c in failed))
+                   + "; ".join(f"{c.name}: {c.message[:160]}" for c in failed)), r
 
 
 def main(argv: list[str] | None = None) -> int:
