@@ -31,6 +31,14 @@ What it does, step by step (Chapter 5 explains each piece):
   step: ``step``, ``loss``, ``lr``, ``grad_norm``, ``tokens_per_s``, ``mfu`` where the GPU's peak
   is known, and ``val_loss`` / ``val_bpb`` when evaluated) and ``OUT/ckpt.pt`` (atomic, with
   full unsharded weights and optimizer state, so it resumes under any strategy).
+* **Memory and spikes.** ``--activation-checkpointing`` recomputes each block in backward
+  (less activation memory for about one more forward; Chapter 5b measures it).
+  ``--spike-factor F`` watches for a loss above ``F`` x the mean of the last
+  ``--spike-warmup`` losses: the run then rewinds to ``OUT/ckpt.pt`` and skips the batches it
+  had read since (the PaLM recipe, Chowdhery et al. 2022, section 5.1), with a log line and a
+  ``"rewind_to"`` record in ``metrics.jsonl``.
+* **Documents.** The Shakespeare token files hold one play per document, each followed by
+  ``<|endoftext|>`` (its id is ``eot_id`` in ``OUT/data/*.json``).
 * **Resume.** ``--resume`` restores weights, optimizer, step, every rank's RNG state and the
   data position from ``OUT/ckpt.pt``; the following losses equal an uninterrupted run's.
 
@@ -127,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="checkpoint every N steps and at the end (0: only at the end)")
     run.add_argument("--log-interval", type=int, default=1, help="log every N steps (and the last)")
     run.add_argument("--compile", action="store_true", help="torch.compile the model (GPUs; slow start)")
+    run.add_argument("--activation-checkpointing", action="store_true",
+                     help="recompute each block's activations in backward (torch.utils.checkpoint): "
+                          "less memory, about one more forward of compute")
+    run.add_argument("--spike-factor", type=float, default=0.0,
+                     help="loss-spike guard: when a step's loss exceeds this many times the running "
+                          "mean of recent losses, rewind to OUT/ckpt.pt and skip the batches since (0: off)")
+    run.add_argument("--spike-warmup", type=int, default=20,
+                     help="steps before the loss-spike guard starts watching")
     opt = p.add_argument_group("optimizer")
     opt.add_argument("--lr", type=float, default=None, help="peak learning rate")
     opt.add_argument("--min-lr", type=float, default=None, help="final learning rate (default lr/10)")
@@ -152,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="model vocabulary (course BPE: also its size); >= the largest id + 1")
     # Hidden switches for the tests (tests/test_pretrain.py).
     p.add_argument("--debug-inject-nan-at", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--debug-inject-spike-at", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--debug-hang-after", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--debug-exit-after", type=int, default=None, help=argparse.SUPPRESS)
     return p
@@ -173,6 +190,10 @@ def resolve_args(args: argparse.Namespace, device: torch.device) -> argparse.Nam
             raise CLIError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.lr <= 0:
         raise CLIError(f"--lr must be positive, got {args.lr}")
+    if args.spike_factor != 0 and not args.spike_factor > 1:
+        raise CLIError(f"--spike-factor must be 0 (off) or > 1, got {args.spike_factor}")
+    if args.spike_warmup < 1:
+        raise CLIError(f"--spike-warmup must be >= 1, got {args.spike_warmup}")
     if args.min_lr is None:
         args.min_lr = args.lr / 10
     if args.warmup_steps is None:
@@ -201,37 +222,79 @@ def model_config(args: argparse.Namespace, vocab_size: int) -> GPTConfig:
 def prepare_shakespeare(out: Path, tokenizer: str, vocab_size: int, smoke: bool) -> tuple[Path, Path, dict]:
     """Tokenise the Shakespeare plays once into ``out/data`` (cached; atomic writes).
 
+    Every play is one document, and the token files hold the plays separated by the
+    ``<|endoftext|>`` id (``meta["eot_id"]``), so a model learns where a play ends and
+    ``shared.generate`` can stop there; a training window may still cross a boundary.
+
     Returns ``(train_file, val_file, meta)``; ``meta["val_bytes_per_token"]`` converts a loss
     in nats/token into bits per byte.
     """
-    from shared.data import load_shakespeare, write_token_file
-    name = ("gpt2" if tokenizer == "gpt2" else f"bpe{vocab_size}") + ("-smoke" if smoke else "")
+    from shared.data import VAL_PLAYS, load_shakespeare, shakespeare_plays, write_token_file
+    name = ("gpt2" if tokenizer == "gpt2" else f"bpe{vocab_size}") + ("-smoke" if smoke else "") + "-docs"
     folder = out / "data"
     train_f, val_f, meta_f = folder / f"train_{name}.npy", folder / f"val_{name}.npy", folder / f"{name}.json"
     if train_f.exists() and val_f.exists() and meta_f.exists():
         return train_f, val_f, json.loads(meta_f.read_text())
-    train_text, val_text = load_shakespeare("train"), load_shakespeare("val")
+    plays = shakespeare_plays()
+    train_docs = [p.text for p in plays if p.slug not in VAL_PLAYS]
+    val_docs = [p.text for p in plays if p.slug in VAL_PLAYS]
     if smoke:  # a slice of the plays keeps the smoke run to seconds
-        train_text = train_text[:600_000]
+        train_docs = _first_chars(train_docs, 600_000)
+    train_text = load_shakespeare("train")
     if tokenizer == "gpt2":
         from shared.tokenizer import gpt2_encoding
         enc = gpt2_encoding()
-        encode, n_vocab, tok_file = enc.encode_ordinary, enc.n_vocab, None
+        encode, n_vocab, tok_file, eot = enc.encode_ordinary, enc.n_vocab, None, enc.eot_token
     else:
-        from shared.tokenizer import BPETokenizer
+        from shared.tokenizer import ENDOFTEXT, BPETokenizer
         tok = BPETokenizer.train(train_text[:1_000_000] if not smoke else train_text[:200_000], vocab_size)
         tok_file = folder / f"{name}_tokenizer.json"
         folder.mkdir(parents=True, exist_ok=True)
         tok.save(tok_file)
-        encode, n_vocab = tok.encode, tok.vocab_size
-    train_ids, val_ids = encode(train_text), encode(val_text)
+        encode, n_vocab, eot = tok.encode, tok.vocab_size, tok.special_tokens[ENDOFTEXT]
+    train_ids, val_ids = encode_documents(train_docs, encode, eot), encode_documents(val_docs, encode, eot)
     write_token_file(train_f, train_ids, n_vocab)
     write_token_file(val_f, val_ids, n_vocab)
+    # Bytes of the validation text, one separator byte per boundary (as "\n".join would have).
+    val_bytes = sum(len(d.encode("utf-8")) for d in val_docs) + len(val_docs) - 1
     meta = {"tokenizer": tokenizer, "vocab_size": int(n_vocab), "tokenizer_file": tok_file.name if tok_file else None,
-            "train_tokens": len(train_ids), "val_tokens": len(val_ids),
-            "val_bytes_per_token": len(val_text.encode("utf-8")) / len(val_ids)}
+            "train_tokens": len(train_ids), "val_tokens": len(val_ids), "eot_id": int(eot),
+            "train_documents": len(train_docs), "val_documents": len(val_docs),
+            "val_bytes_per_token": val_bytes / len(val_ids)}
     _atomic_write_text(meta_f, json.dumps(meta, indent=1))
     return train_f, val_f, meta
+
+
+def _first_chars(docs: list[str], n_chars: int) -> list[str]:
+    """The leading documents holding ``n_chars`` characters in all (the last one cut)."""
+    out, left = [], n_chars
+    for d in docs:
+        if left <= 0:
+            break
+        out.append(d[:left])
+        left -= len(d)
+    return out
+
+
+def encode_documents(docs: list[str], encode, eot_id: int) -> np.ndarray:
+    """Token ids of ``docs``, each followed by ``eot_id`` (``<|endoftext|>``): ``d0 EOT d1 EOT ...``.
+
+    Each document is encoded on its own, so no BPE merge crosses a boundary, and the separator
+    is a token the text cannot produce (GPT-2's data format). The joining is
+    ``shared.packing.join_documents`` (Chapter 2b).
+
+    Example::
+
+        >>> encode_documents(["ab", "c"], lambda s: [ord(ch) for ch in s], 0).tolist()
+        [97, 98, 0, 99, 0]
+
+    Raises:
+        ValueError: if ``docs`` is empty; ValueError/TypeError from ``join_documents`` for a bad ``eot_id``.
+    """
+    from shared.packing import join_documents
+    if not docs:
+        raise ValueError("docs must hold at least one document")
+    return join_documents([encode(d) for d in docs], eot_id)
 
 
 def load_data(args: argparse.Namespace, info: DistInfo) -> tuple[np.ndarray, np.ndarray, int, dict]:
@@ -280,12 +343,14 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def truncate_metrics(path: Path, start_step: int) -> None:
-    """Keep only the records of steps before ``start_step`` (a resumed run rewrites the rest)."""
+def truncate_metrics(path: Path, start_step: int, keep_rewinds: bool = False) -> None:
+    """Keep only the records of steps before ``start_step`` (a resumed run rewrites the rest);
+    ``keep_rewinds``: keep the loss-spike records (``"rewind_to"``) too."""
     if not path.exists():
         return
     keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", -1) < start_step]
+            if line.strip() and (json.loads(line).get("step", -1) < start_step
+                                 or (keep_rewinds and "rewind_to" in json.loads(line)))]
     _atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
@@ -300,13 +365,14 @@ class _StateDict:
 
 
 def save_run_checkpoint(path: Path, model, optimizer, step_done: int, cfg: GPTConfig,
-                        args: argparse.Namespace, info: DistInfo) -> None:
+                        args: argparse.Namespace, info: DistInfo, data_shift: int = 0) -> None:
     """Gather full state on rank 0 and write ``path`` atomically. Collective: all ranks call it."""
     from shared.checkpoint import save_checkpoint
     model_sd, optim_sd = full_state_dicts(model, optimizer, info)
     rngs = gather_rng_states(info)
     if info.is_main:
-        extra = {"data": {"scheme": "global_batch_offsets", "seed": args.seed, "next_step": step_done},
+        extra = {"data": {"scheme": "global_batch_offsets", "seed": args.seed, "next_step": step_done,
+                          "shift": data_shift},
                  "run": {"strategy": args.strategy if info.distributed else "single",
                          "world_size": info.world_size, "batch_size": args.batch_size,
                          "grad_accum": args.grad_accum, "max_steps": args.max_steps, "lr": args.lr,
@@ -342,6 +408,11 @@ def load_run_checkpoint(path: Path, model: GPTModel, cfg: GPTConfig) -> dict:
 # --------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------
+
+def _fresh_model(cfg: GPTConfig) -> GPTModel:
+    """A plain model to read a checkpoint into (FSDP's sharded model loads from its state dict)."""
+    return GPTModel(cfg)
+
 
 def run(args: argparse.Namespace, info: DistInfo) -> int:
     from shared.checkpoint import set_rng_state
@@ -384,6 +455,7 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
         raise ValueError(f"the ranks disagree about {ckpt_path} (some see another checkpoint or none): "
                          "--out must be on a filesystem that every node shares")
     model.to(device)
+    model.activation_checkpointing = args.activation_checkpointing  # survives DDP/FSDP wrapping
     if args.compile:
         for block in model.blocks if strategy == "fsdp" else [model]:
             block.compile()  # in place: state-dict names are unchanged
@@ -397,8 +469,9 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
                        grad_clip=args.grad_clip or None, eval_interval=args.eval_interval,
                        eval_iters=args.eval_iters, amp=True)
 
-    start = 0
+    start, resumed_shift = 0, 0
     if ckpt is not None:
+        resumed_shift = int(ckpt["extra"].get("data", {}).get("shift", 0))
         load_optimizer_state(core, optimizer, ckpt["optimizer"])
         start = int(ckpt["step"])
         saved_run = ckpt["extra"].get("run", {})
@@ -428,12 +501,20 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
         f"{device_name(device)} | {n_params / 1e6:.2f}M params, d_model={cfg.d_model} n_layers={cfg.n_layers} "
         f"T={T} vocab={cfg.vocab_size} | global batch {args.batch_size} seqs = {info.world_size} ranks x "
         f"{args.grad_accum} micro-steps x {micro} | {len(train_tokens):,} train tokens | "
-        f"amp={str(amp_dtype).removeprefix('torch.')}")
+        f"amp={str(amp_dtype).removeprefix('torch.')}"
+        + (" | activation checkpointing" if args.activation_checkpointing else ""))
 
     if args.debug_inject_nan_at is not None and info.is_main:
         def nan_hook(_module, _inputs, output):  # poison rank 0's logits at one step
             return output * float("nan") if current_step == args.debug_inject_nan_at and core.training else output
         unwrap(model).final_norm.register_forward_hook(nan_hook)
+    if args.debug_inject_spike_at is not None:
+        def spike_hook(_module, _inputs, output):  # sharp logits at one step: a loss spike on every rank
+            if current_step == args.debug_inject_spike_at and core.training and not spiked_once:
+                return output * 50.0
+            return output
+        unwrap(model).final_norm.register_forward_hook(spike_hook)
+    spiked_once = False
 
     def eval_batches(i: int):
         """Validation batch ``i``: ``micro`` windows per rank, the same at every evaluation (stream 1)."""
@@ -451,13 +532,47 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
     recent: list[tuple[float, float]] = []  # (tokens/s, rank-0 CPU seconds per wall second)
     t_last, cpu_last = time.perf_counter(), time.process_time()
     current_step = start
-    for step in range(start, args.max_steps):
+    data_shift = int(resumed_shift)  # batches skipped after loss spikes: step s reads batch s + shift
+    loss_history: list[float] = []
+    step = start - 1
+    while step + 1 < args.max_steps:
+        step += 1
         current_step = step
-        offsets = global_batch_offsets(len(train_tokens), T, args.batch_size, args.seed, step)
+        offsets = global_batch_offsets(len(train_tokens), T, args.batch_size, args.seed, step + data_shift)
         micro_batches = iter(rank_offsets(offsets, info, args.grad_accum))
         out = train_step(model, optimizer, lambda mb=micro_batches: read_windows(train_tokens, next(mb), T, device),
                          step, tcfg, no_sync=no_sync)
         loss = float(all_reduce_mean(torch.tensor(out["loss"], device=device), info))
+        # Loss-spike guard: every rank sees the same all-reduced loss, so all rewind together.
+        if args.spike_factor and len(loss_history) >= args.spike_warmup:
+            recent_mean = float(np.mean(loss_history[-args.spike_warmup:]))
+            if loss > args.spike_factor * recent_mean:
+                spiked_once = True
+                if not ckpt_path.exists():
+                    log(f"loss spike at step {step}: loss {loss:.4f} > {args.spike_factor:g} x recent mean "
+                        f"{recent_mean:.4f}; no checkpoint to rewind to yet, continuing")
+                else:
+                    back = load_run_checkpoint(ckpt_path, core if strategy != "fsdp" else _fresh_model(cfg), cfg)
+                    if strategy == "fsdp":
+                        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+                        set_model_state_dict(model, back["model"], options=StateDictOptions(full_state_dict=True))
+                    load_optimizer_state(core, optimizer, back["optimizer"])
+                    ckpt_step = int(back["step"])
+                    data_shift += step + 1 - ckpt_step  # never replay the batches that led to the spike
+                    log(f"loss spike at step {step}: loss {loss:.4f} > {args.spike_factor:g} x recent mean "
+                        f"{recent_mean:.4f}; rewound to the checkpoint of step {ckpt_step}, skipping "
+                        f"{step + 1 - ckpt_step} batch(es) (data shift now {data_shift})")
+                    if info.is_main:
+                        with open(metrics_path, "a") as f:
+                            f.write(json.dumps({"step": step, "loss": loss, "rewind_to": ckpt_step,
+                                                "data_shift": data_shift}) + "\n")
+                        truncate_metrics(metrics_path, ckpt_step, keep_rewinds=True)
+                    loss_history = loss_history[:max(0, len(loss_history) - (step - ckpt_step))]
+                    del back
+                    step = ckpt_step - 1
+                    t_last, cpu_last = time.perf_counter(), time.process_time()
+                    continue
+        loss_history.append(loss)
         if device.type == "cuda":
             torch.cuda.synchronize()
         last = step == args.max_steps - 1
@@ -489,7 +604,8 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
             print(line, flush=True)
         stop_early = args.debug_exit_after is not None and step + 1 >= args.debug_exit_after
         if last or stop_early or (args.checkpoint_interval and (step + 1) % args.checkpoint_interval == 0):
-            save_run_checkpoint(ckpt_path, model if strategy == "fsdp" else core, optimizer, step + 1, cfg, args, info)
+            save_run_checkpoint(ckpt_path, model if strategy == "fsdp" else core, optimizer, step + 1, cfg, args,
+                                info, data_shift=data_shift)
             t_last, cpu_last = time.perf_counter(), time.process_time()
         if stop_early:
             break

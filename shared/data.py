@@ -340,3 +340,15 @@ def sample_windows(tokens: np.ndarray, batch_size: int, context_length: int,
     if device is not None:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     return x, y
+
+
+# --------------------------------------------------------------------------------------
+# The data pipeline (Chapter 2b): cleaning, deduplication, document boundaries, mixing.
+# Each concept lives in its own module; they are re-exported here.
+# --------------------------------------------------------------------------------------
+from shared.cleaning import QUALITY_RULES, normalize_text, quality_issues, quality_signals  # noqa: E402
+from shared.dedup import exact_duplicates, minhash_signatures, near_duplicates  # noqa: E402
+from shared.packing import join_documents, mix, pack_documents  # noqa: E402
+
+__all__ += ["normalize_text", "quality_signals", "quality_issues", "QUALITY_RULES", "exact_duplicates",
+            "minhash_signatures", "near_duplicates", "join_documents", "pack_documents", "mix"]

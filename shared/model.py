@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from shared.attention import KVCache, MultiHeadAttention, build_attention_mask
@@ -169,6 +170,10 @@ class GPTModel(nn.Module):
     ``forward(idx: LongTensor[B, T]) -> logits: FloatTensor[B, T, vocab_size]``, where
     ``logits[b, t]`` scores the token that follows ``idx[b, :t + 1]``.
 
+    ``model.activation_checkpointing = True`` recomputes each block's activations during
+    backward instead of storing them (``torch.utils.checkpoint``; Chen et al., 2016): less
+    memory, one more forward of compute, the same results. Chapter 5b measures it.
+
     Raises:
         ValueError: if ``idx`` is not an integer ``[B, T]`` tensor, or ``T`` (plus any cached
             positions) exceeds ``cfg.context_length``.
@@ -184,6 +189,7 @@ class GPTModel(nn.Module):
         self.final_norm = LayerNorm(cfg.d_model)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # weight tying (Press & Wolf, 2017)
+        self.activation_checkpointing = False  # see the class docstring
         self.apply(self._init_weights)
         # GPT-2: scale residual-branch outputs by 1/sqrt(2 * n_layers) so the residual
         # stream's variance does not grow with depth (two branches per block).
@@ -226,8 +232,13 @@ class GPTModel(nn.Module):
         x = self.drop(self.tok_emb(idx) + self.pos_emb(position_ids))  # [B, T, C]
         # The same causal/padding mask serves every layer: build it once, not once per layer.
         mask = build_attention_mask(T, past + T, attention_mask, idx.device)
+        recompute = (self.activation_checkpointing and self.training and torch.is_grad_enabled()
+                     and kv_cache is None)
         for i, block in enumerate(self.blocks):
-            x = block(x, attn_mask=mask, kv_cache=kv_cache, layer_idx=i)
+            if recompute:  # keep only x; backward re-runs the block (the RNG is replayed for dropout)
+                x = torch.utils.checkpoint.checkpoint(block, x, mask, use_reentrant=False)
+            else:
+                x = block(x, attn_mask=mask, kv_cache=kv_cache, layer_idx=i)
         if kv_cache is not None:
             kv_cache.length += T
         return self.final_norm(x)

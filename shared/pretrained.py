@@ -10,7 +10,8 @@
 ``course_bpe_<profile>.json``. If there is none yet it trains a small model on the spot with
 the same recipe (:data:`RECIPES`, :func:`train_course_model`) and saves it there, so Chapters 6
 and 7 work even if Chapter 5 was never run: about 20 s under the smoke profile on 2 CPU cores,
-about 10 minutes on 2 CPU cores under the default profile (under a minute on a GPU).
+about 10 minutes on 2 CPU cores under the default profile. On a CUDA GPU the default profile
+uses the larger ``gpu`` recipe (~26M parameters, context 256, dropout), saved under its own name.
 
 The recipe: a byte-level course BPE (Chapter 1) with a *small* vocabulary, trained on the
 training plays; a small GPT (Chapter 4); AdamW with warmup and cosine decay (Chapter 5) on
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["RECIPES", "CHECKPOINT_DIR", "checkpoint_paths", "recipe", "prepare_data", "train_course_model",
+__all__ = ["RECIPES", "CHECKPOINT_DIR", "checkpoint_paths", "recipe", "recipe_name", "prepare_data", "train_course_model",
            "save_course_model", "course_model"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,30 +47,53 @@ RECIPES: dict[str, dict] = {
                     model=dict(context_length=128, d_model=128, n_heads=4, n_layers=4, dropout=0.0),
                     batch_size=32, max_steps=1000, max_lr=3e-3, warmup_steps=50, weight_decay=0.1,
                     grad_clip=1.0, eval_interval=200, eval_iters=10, seed=0),
+    # The default profile on a CUDA GPU: a real model (~26M parameters, context 256) with dropout,
+    # sized for a free Colab T4 (fp16 + GradScaler) in about 10 minutes and far less on an
+    # A100/H100 (bf16). Not yet measured on a GPU: `python -m shared.gpucheck` reports its
+    # wall time and held-out bits per byte when run on one.
+    "gpu": dict(vocab_size=2048, text_chars=None,
+                model=dict(context_length=256, d_model=512, n_heads=8, n_layers=8, dropout=0.2),
+                batch_size=32, max_steps=3000, max_lr=1e-3, warmup_steps=100, weight_decay=0.1,
+                grad_clip=1.0, eval_interval=250, eval_iters=20, seed=0),
 }
 
 
-def recipe(profile: str | None = None) -> dict:
-    """A copy of the recipe for ``profile`` (default: the active one, :mod:`shared.runtime`).
+def recipe_name(profile: str | None = None, device: torch.device | str | None = None) -> str:
+    """Which entry of :data:`RECIPES` a run uses: ``"smoke"``, ``"default"`` or ``"gpu"``.
+
+    The ``default`` profile on a CUDA device uses the ``gpu`` recipe; everything else uses the
+    recipe named after the profile (``profile`` defaults to the active one, ``device`` to
+    :data:`shared.runtime.DEVICE`). ``"gpu"`` may also be asked for by name.
 
     Raises:
         ValueError: for an unknown profile.
     """
-    from shared.runtime import get_profile
+    from shared.runtime import DEVICE, get_profile
 
     profile = profile or get_profile()
     if profile not in RECIPES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(RECIPES)}")
-    r = dict(RECIPES[profile])
+    device = torch.device(device) if device is not None else DEVICE
+    return "gpu" if profile == "default" and device.type == "cuda" else profile
+
+
+def recipe(profile: str | None = None, device: torch.device | str | None = None) -> dict:
+    """A copy of the recipe for ``profile`` on ``device`` (defaults: the active ones, see
+    :func:`recipe_name`; the default profile on a CUDA GPU gets the ``gpu`` recipe).
+
+    Raises:
+        ValueError: for an unknown profile.
+    """
+    r = dict(RECIPES[recipe_name(profile, device)])
     r["model"] = dict(r["model"])
     return r
 
 
-def checkpoint_paths(profile: str | None = None, directory: str | Path | None = None) -> tuple[Path, Path]:
-    """``(model checkpoint, tokenizer JSON)`` paths for ``profile`` in ``directory``."""
-    from shared.runtime import get_profile
-
-    profile = profile or get_profile()
+def checkpoint_paths(profile: str | None = None, directory: str | Path | None = None,
+                     device: torch.device | str | None = None) -> tuple[Path, Path]:
+    """``(model checkpoint, tokenizer JSON)`` paths for ``profile`` in ``directory``, named after
+    the recipe (:func:`recipe_name`): a GPU run never overwrites or loads the CPU model."""
+    profile = recipe_name(profile, device)
     directory = Path(directory) if directory is not None else CHECKPOINT_DIR
     return directory / f"course_gpt_{profile}.pt", directory / f"course_bpe_{profile}.json"
 
@@ -114,8 +138,8 @@ def train_course_model(profile: str | None = None, device: torch.device | str | 
     from shared.runtime import DEVICE, set_seed
     from shared.train import TrainConfig, bits_per_byte, configure_optimizer, estimate_loss, train
 
-    rec = {**recipe(profile), **overrides}
     device = torch.device(device) if device is not None else DEVICE
+    rec = {**recipe(profile, device), **overrides}
     t0 = time.perf_counter()
     data = prepare_data(rec, verbose=verbose)
     set_seed(rec["seed"])
@@ -188,7 +212,7 @@ def course_model(device: torch.device | str | None = None, verbose: bool = True)
 
     profile = get_profile()
     device = torch.device(device) if device is not None else DEVICE
-    ckpt_path, tok_path = checkpoint_paths(profile)
+    ckpt_path, tok_path = checkpoint_paths(profile, device=device)
     if ckpt_path.exists() and tok_path.exists():
         try:
             model = load_model(ckpt_path, map_location="cpu")
@@ -205,11 +229,12 @@ def course_model(device: torch.device | str | None = None, verbose: bool = True)
             if verbose:
                 print(f"Could not use {_relative(ckpt_path)} ({e}); training a new one.")
     if verbose:
-        est = "~20 s" if profile == "smoke" else "about 10 min on 2 CPU cores, under a minute on a GPU"
+        est = {"smoke": "~20 s", "default": "about 10 min on 2 CPU cores",
+               "gpu": "the GPU recipe, sized for about 10 min on a Colab T4"}[recipe_name(profile, device)]
         print(f"No Chapter 5 checkpoint found: training a small model now ({est}; run the Chapter 5 "
               f"notebook to train the full one).")
     model, tokenizer, info = train_course_model(profile, device=device, verbose=False)
-    save_course_model(model, tokenizer, info, profile)
+    save_course_model(model, tokenizer, info, recipe_name(profile, device))
     if verbose:
         print(f"Trained in {info['seconds']:.0f}s: val loss {info['val_loss']:.2f} nats/token, "
               f"{info['val_bpb']:.2f} bits/byte; saved to {_relative(ckpt_path)}")

@@ -1,0 +1,90 @@
+"""The GPU check script (`python -m shared.gpucheck`) in its CPU quick mode, so it cannot rot."""
+
+import json
+
+import nbformat
+import pytest
+import torch
+
+from shared import gpucheck
+
+
+@pytest.fixture(scope="module")
+def quick_report():
+    items = ("train_throughput", "kv_cache_decoding", "attention", "course_recipe")
+    return gpucheck.run_checks("cpu", quick=True, budget_s=120, items=items, log=lambda s: None)
+
+
+def test_quick_mode_reports_every_item_without_errors(quick_report):
+    r = quick_report
+    assert r["errors"] == {}, r["errors"]
+    assert set(r["results"]) == {"train_throughput", "kv_cache_decoding", "attention", "course_recipe"}
+    (row,) = r["results"]["train_throughput"]["rows"]  # no compile row on the CPU under --quick
+    assert row["mode"] == "eager" and row["tokens_per_s"] > 0
+    assert row["mfu"] is None, "a CPU has no known peak: MFU must be None, not a made-up figure"
+    for row in r["results"]["kv_cache_decoding"]["rows"]:
+        assert row["identical_tokens"], "cached and uncached greedy decoding must give the same tokens"
+        assert row["speedup"] > 0
+    assert [row["T"] for row in r["results"]["attention"]["rows"]] == [128, 256]
+    c = r["results"]["course_recipe"]
+    assert c["recipe"] == "smoke" and 0 < c["val_bits_per_byte"] < 10
+    md = gpucheck.markdown(r)
+    assert "--quick: toy sizes" in md and "## 2. KV-cache decoding" in md
+
+
+def test_the_gpu_recipe_is_chosen_on_cuda_only():
+    from shared.pretrained import RECIPES, recipe_name
+    from shared.model import GPTConfig, GPTModel
+
+    assert recipe_name("default", "cuda") == "gpu"
+    assert recipe_name("default", "cpu") == "default" and recipe_name("smoke", "cuda") == "smoke"
+    g = RECIPES["gpu"]
+    n = GPTModel(GPTConfig(vocab_size=g["vocab_size"], **g["model"])).num_parameters()
+    assert n > 10e6 and g["model"]["context_length"] >= 256 and g["model"]["dropout"] > 0
+    with pytest.raises(ValueError, match="unknown profile"):
+        recipe_name("huge", "cpu")
+
+
+def _notebook(path, source):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+    nbformat.write(nb, path)
+    return path
+
+
+def test_notebooks_item_reports_ok_error_and_never_writes(tmp_path):
+    good = _notebook(tmp_path / "good.ipynb", "import os\nassert os.environ['LLM_PROFILE'] == 'default'")
+    bad = _notebook(tmp_path / "bad.ipynb", "raise RuntimeError('boom')")
+    before = good.read_bytes()
+    rows = gpucheck.notebooks(torch.device("cpu"), budget_s=120, paths=[good, bad])["rows"]
+    assert [r["status"] for r in rows] == ["ok", "error"], rows
+    assert "boom" in rows[1]["error"]
+    assert good.read_bytes() == before, "the check must not write outputs into the notebooks"
+    skipped = gpucheck.notebooks(torch.device("cpu"), budget_s=5, paths=[good])["rows"]
+    assert skipped[0]["status"].startswith("skipped")
+
+
+def test_cli_writes_json_and_markdown_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    args = ["--device", "cpu", "--quick", "--items", "attention", "--out", str(out)]
+    assert gpucheck.main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["quick"] and "attention" in report["results"]
+    assert (tmp_path / "r.md").read_text().startswith("# GPU check")
+    with pytest.raises(SystemExit):
+        gpucheck.main(args)
+    assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(items=("nope",)), "items"),
+    (dict(budget_s=0), "budget_s"),
+])
+def test_bad_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gpucheck.run_checks("cpu", quick=True, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="only meaningful without a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        gpucheck.run_checks("cuda")
