@@ -159,7 +159,7 @@ def hint(topic: str, n: int | None = None, *, where: str | Path = ".") -> str:
     hints = _find_hints(str(topic), Path(where))
     if not hints:
         raise ValueError(f"no hints for {topic!r} in the notebooks of {Path(where).resolve()}")
-    k = _hints_shown.get(topic, 0) + 1 if n is None else int(n)
+    k = min(_hints_shown.get(topic, 0) + 1, len(hints)) if n is None else int(n)
     if not 1 <= k <= len(hints):
         raise ValueError(f"{topic!r} has hints 1..{len(hints)}, asked for {k}")
     _hints_shown[topic] = max(_hints_shown.get(topic, 0), k)

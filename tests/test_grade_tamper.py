@@ -1,6 +1,6 @@
 """The autograder against a dishonest student: every trick gets no full marks, and says why.
 
-Each case starts from the unsolved learner copy of the Chapter 3 exercise (4 checks, the
+Each case starts from the unsolved learner copy of the Chapter 3 exercise (5 checks, the
 cheapest to run), applies one trick, and is graded through the real sandboxed grader. All
 cases are graded together with ``--jobs 2`` in one fixture to keep the suite fast.
 """
@@ -21,7 +21,7 @@ from shared.course.exercises import ROOT
 
 ASSIGNMENT = "ch03_attention/exercise_attention"
 LEARNER = ROOT / "ch03_attention" / "exercise_attention.ipynb"
-N_CHECKS = 4
+N_CHECKS = 5
 
 
 def _learner():

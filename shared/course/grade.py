@@ -233,7 +233,8 @@ def identify(nb: nbformat.NotebookNode, path: Path, expected: str | None,
     """(assignment, refusal reason): which assignment ``nb`` is, or why it is refused."""
     meta = nb.metadata.get("course", {}) if isinstance(nb.metadata.get("course"), dict) else {}
     if meta.get("role") == "solution":
-        return None, "this is the course's solution notebook, not a submission"
+        return None, ("this is the course's solution notebook, not a submission (maintainers testing a variant: "
+                      "--allow-solution, or python -m shared.course.mutants)")
     claimed = meta.get("assignment")
     by_name = [aid for aid, a in course.items() if a.filename == path.name]
     if expected is not None and expected not in course:
@@ -715,6 +716,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cell-timeout", type=float, default=120, help="seconds per check and per given cell (default 120)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per notebook (default 600)")
     ap.add_argument("--memory-mb", type=int, default=6144, help="address-space limit of a checking process (default 6144)")
+    ap.add_argument("--allow-solution", action="store_true",
+                    help="grade solution notebooks too (maintainers testing a mutant; never for a class)")
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error("--jobs must be >= 1")
@@ -732,7 +735,8 @@ def main(argv: list[str] | None = None) -> int:
     limits = Limits(cell_timeout=args.cell_timeout, check_timeout=args.cell_timeout, timeout=args.timeout,
                     memory_mb=args.memory_mb)
     t0 = time.monotonic()
-    reports = grade_many(paths, out=args.out, jobs=args.jobs, assignment=args.assignment, limits=limits, seed=seed)
+    reports = grade_many(paths, out=args.out, jobs=args.jobs, assignment=args.assignment, limits=limits, seed=seed,
+                         allow_solution=args.allow_solution)
     passed = sum(r.passed for r in reports)
     total = sum(r.total for r in reports)
     print(f"\nTOTAL: {passed}/{total} checks passed in {len(reports)} notebook(s), {time.monotonic() - t0:.0f}s"
