@@ -9,6 +9,12 @@ Many processes on one machine (DDP or FSDP2; gloo on the CPU, NCCL on GPUs)::
     torchrun --standalone --nproc_per_node=2 ch05_pretraining/pretrain.py \\
         --strategy ddp --out runs/ddp --max-steps 200 --batch-size 32 --grad-accum 2
 
+Tensor parallelism (Megatron-LM, ``shared.parallel``; every block split over the processes,
+which all read the same batch; Chapter 5b)::
+
+    torchrun --standalone --nproc_per_node=2 ch05_pretraining/pretrain.py \
+        --strategy tp --out runs/tp --max-steps 200 --batch-size 32
+
 Many machines: see ``ch05_pretraining/MULTINODE.md`` (torchrun rendezvous).
 
 What it does, step by step (Chapter 5 explains each piece):
@@ -116,8 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Flags left unset take their value from --profile (see PROFILE_DEFAULTS in the source).")
     run = p.add_argument_group("run")
     run.add_argument("--out", required=True, type=Path, help="run directory (metrics.jsonl, ckpt.pt, data/)")
-    run.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp",
-                     help="data parallelism under torchrun (ignored for a single process)")
+    run.add_argument("--strategy", choices=("ddp", "fsdp", "tp"), default="ddp",
+                     help="under torchrun: data parallelism (ddp, fsdp) or Megatron tensor parallelism "
+                          "(tp: every block split over all processes, which all read the same batch); "
+                          "ignored for a single process")
     run.add_argument("--resume", action="store_true",
                      help="continue from OUT/ckpt.pt if it exists (else start at step 0)")
     run.add_argument("--profile", choices=("smoke", "default"), default=None,
@@ -368,7 +376,11 @@ def save_run_checkpoint(path: Path, model, optimizer, step_done: int, cfg: GPTCo
                         args: argparse.Namespace, info: DistInfo, data_shift: int = 0) -> None:
     """Gather full state on rank 0 and write ``path`` atomically. Collective: all ranks call it."""
     from shared.checkpoint import save_checkpoint
-    model_sd, optim_sd = full_state_dicts(model, optimizer, info)
+    if getattr(args, "strategy", None) == "tp" and info.distributed:
+        from shared.parallel import tp_full_state_dicts
+        model_sd, optim_sd = tp_full_state_dicts(model, optimizer)
+    else:
+        model_sd, optim_sd = full_state_dicts(model, optimizer, info)
     rngs = gather_rng_states(info)
     if info.is_main:
         extra = {"data": {"scheme": "global_batch_offsets", "seed": args.seed, "next_step": step_done,
@@ -421,7 +433,9 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
 
     args = resolve_args(args, info.device)
     strategy = args.strategy if info.distributed else "single"
-    micro = micro_batch_size(args.batch_size, info.world_size, args.grad_accum)
+    # Tensor parallelism splits the model, not the batch: every rank reads the whole batch.
+    data_info = DistInfo(device=info.device) if strategy == "tp" else info
+    micro = micro_batch_size(args.batch_size, data_info.world_size, args.grad_accum)
     device = info.device
     amp_dtype = torch.float32
     if device.type == "cuda":
@@ -459,20 +473,34 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
     if args.compile:
         for block in model.blocks if strategy == "fsdp" else [model]:
             block.compile()  # in place: state-dict names are unchanged
-    model = wrap_model(model, strategy, info, bf16_params=(strategy == "fsdp" and amp_dtype == torch.bfloat16))
+    if strategy == "tp":
+        from shared.parallel import tensor_parallel_model
+        try:
+            model = tensor_parallel_model(model)  # in place: this rank keeps its shards
+        except ValueError as e:
+            raise CLIError(f"--strategy tp: {e}") from None
+    else:
+        model = wrap_model(model, strategy, info,
+                           bf16_params=(strategy == "fsdp" and amp_dtype == torch.bfloat16))
     # DDP: the optimizer and checkpoints see the plain module (same tensors, no "module." prefix).
     # FSDP: the sharded module itself (its parameters are DTensors).
     core = unwrap(model)
     optimizer = configure_optimizer(core, lr=args.lr, weight_decay=args.weight_decay)
     tcfg = TrainConfig(max_steps=args.max_steps, max_lr=args.lr, min_lr=args.min_lr,
                        warmup_steps=args.warmup_steps, grad_accum_steps=args.grad_accum,
-                       grad_clip=args.grad_clip or None, eval_interval=args.eval_interval,
+                       # TP clips the global norm in an optimizer pre-hook (below), not per rank
+                       grad_clip=None if strategy == "tp" else (args.grad_clip or None),
+                       eval_interval=args.eval_interval,
                        eval_iters=args.eval_iters, amp=True)
 
     start, resumed_shift = 0, 0
     if ckpt is not None:
         resumed_shift = int(ckpt["extra"].get("data", {}).get("shift", 0))
-        load_optimizer_state(core, optimizer, ckpt["optimizer"])
+        if strategy == "tp":
+            from shared.parallel import tp_load_full_state
+            tp_load_full_state(core, optimizer, None, ckpt["optimizer"])  # weights were loaded before sharding
+        else:
+            load_optimizer_state(core, optimizer, ckpt["optimizer"])
         start = int(ckpt["step"])
         saved_run = ckpt["extra"].get("run", {})
         for k in ("batch_size", "grad_accum", "max_steps", "lr"):
@@ -494,8 +522,21 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
         else:
             truncate_metrics(metrics_path, start)
 
-    n_params = core.num_parameters()  # a GPTModel (FSDP2 keeps its methods; DTensor numel is global)
-    flops_per_token = core.flops_per_token(T)
+    tp_norm = {}
+    if strategy == "tp":
+        from shared.parallel import tp_clip_grad_norm_
+
+        def clip_global(_opt, _args, _kwargs):  # before every AdamW update: the norm over all shards
+            tp_norm["value"] = tp_clip_grad_norm_(core, args.grad_clip or None)
+        optimizer.register_step_pre_hook(clip_global)
+    if strategy == "tp":  # the sharded model counts only this rank's shards: count the full model
+        from shared.parallel import gpt_num_parameters
+        n_params = gpt_num_parameters(cfg)
+        # = GPTModel.flops_per_token: 6 x (non-embedding + LM head) + 12 L T d
+        flops_per_token = 6.0 * (n_params - cfg.context_length * cfg.d_model) + 12.0 * cfg.n_layers * T * cfg.d_model
+    else:
+        n_params = core.num_parameters()  # a GPTModel (FSDP2 keeps its methods; DTensor numel is global)
+        flops_per_token = core.flops_per_token(T)
     peak = peak_flops(device, amp_dtype) if device.type == "cuda" else None
     log(f"pretrain.py: {strategy} x {info.world_size} ({info.backend or 'no process group'}) on "
         f"{device_name(device)} | {n_params / 1e6:.2f}M params, d_model={cfg.d_model} n_layers={cfg.n_layers} "
@@ -518,8 +559,8 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
 
     def eval_batches(i: int):
         """Validation batch ``i``: ``micro`` windows per rank, the same at every evaluation (stream 1)."""
-        offs = global_batch_offsets(len(val_tokens), T, micro * info.world_size, args.seed, i, stream=1)
-        return read_windows(val_tokens, np.array_split(offs, info.world_size)[info.rank], T, device)
+        offs = global_batch_offsets(len(val_tokens), T, micro * data_info.world_size, args.seed, i, stream=1)
+        return read_windows(val_tokens, np.array_split(offs, data_info.world_size)[data_info.rank], T, device)
 
     def evaluate() -> float:
         it = iter(range(args.eval_iters))
@@ -539,7 +580,7 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
         step += 1
         current_step = step
         offsets = global_batch_offsets(len(train_tokens), T, args.batch_size, args.seed, step + data_shift)
-        micro_batches = iter(rank_offsets(offsets, info, args.grad_accum))
+        micro_batches = iter(rank_offsets(offsets, data_info, args.grad_accum))
         out = train_step(model, optimizer, lambda mb=micro_batches: read_windows(train_tokens, next(mb), T, device),
                          step, tcfg, no_sync=no_sync)
         loss = float(all_reduce_mean(torch.tensor(out["loss"], device=device), info))
@@ -552,11 +593,16 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
                     log(f"loss spike at step {step}: loss {loss:.4f} > {args.spike_factor:g} x recent mean "
                         f"{recent_mean:.4f}; no checkpoint to rewind to yet, continuing")
                 else:
-                    back = load_run_checkpoint(ckpt_path, core if strategy != "fsdp" else _fresh_model(cfg), cfg)
+                    back = load_run_checkpoint(ckpt_path, core if strategy not in ("fsdp", "tp")
+                                               else _fresh_model(cfg), cfg)
                     if strategy == "fsdp":
                         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
                         set_model_state_dict(model, back["model"], options=StateDictOptions(full_state_dict=True))
-                    load_optimizer_state(core, optimizer, back["optimizer"])
+                    if strategy == "tp":
+                        from shared.parallel import tp_load_full_state
+                        tp_load_full_state(core, optimizer, back["model"], back["optimizer"])
+                    else:
+                        load_optimizer_state(core, optimizer, back["optimizer"])
                     ckpt_step = int(back["step"])
                     data_shift += step + 1 - ckpt_step  # never replay the batches that led to the spike
                     log(f"loss spike at step {step}: loss {loss:.4f} > {args.spike_factor:g} x recent mean "
@@ -582,6 +628,8 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
         cpu_dt, cpu_last = cpu_now - cpu_last, cpu_now
         tokens_per_s = args.batch_size * T / dt
         recent.append((tokens_per_s, cpu_dt / dt))
+        if "value" in tp_norm:
+            out["grad_norm"] = tp_norm["value"]
         record = {"step": step, "loss": loss, "lr": out["lr"], "grad_norm": out["grad_norm"],
                   "tokens_per_s": tokens_per_s}
         m = mfu(tokens_per_s / info.world_size, flops_per_token, peak)

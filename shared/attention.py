@@ -189,3 +189,11 @@ class MultiHeadAttention(nn.Module):
             out = weights @ v  # [B, H, T, hd]
         out = out.transpose(1, 2).reshape(B, T, self.d_out)  # merge heads: [B, T, d_out]
         return self.out_proj(out)
+
+
+# Efficient variants (Chapter 3b: FlashAttention's tiling, sliding windows, sparse masks, linear
+# attention) live in their own module and are re-exported here.
+from shared.efficient_attention import (  # noqa: E402
+    flash_attention, linear_attention, sliding_window_mask, strided_sparse_mask)
+
+__all__ += ["flash_attention", "linear_attention", "sliding_window_mask", "strided_sparse_mask"]

@@ -417,3 +417,22 @@ def stream(model, tokenizer, prompt: str, max_new_tokens: int = 100, temperature
     cut, _ = _cut_at_stop(text, stops)
     if len(cut) > sent:
         yield cut[sent:]
+
+
+# ---------------------------------------------------------------------------- Chapter 6b extras
+# Penalties, min-p and beam search live in shared.decoding; speculative decoding in
+# shared.speculative. They are re-exported here lazily (PEP 562), so that
+# `from shared.generate import beam_search` works without an import cycle.
+_EXTRAS = {"apply_repetition_penalty": "shared.decoding", "apply_frequency_penalty": "shared.decoding",
+           "min_p_filter": "shared.decoding", "process_logits": "shared.decoding",
+           "generate_with_penalties": "shared.decoding", "beam_search": "shared.decoding",
+           "speculative_accept": "shared.speculative", "speculative_generate": "shared.speculative"}
+__all__ += list(_EXTRAS)
+
+
+def __getattr__(name: str):
+    if name in _EXTRAS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXTRAS[name]), name)
+    raise AttributeError(f"module 'shared.generate' has no attribute {name!r}")

@@ -33,7 +33,7 @@ from shared.generate import find_eos_id, generate, left_pad
 __all__ = ["EOS", "IGNORE_INDEX", "PREAMBLE", "PREAMBLE_NO_INPUT", "format_prompt", "load_alpaca_json",
            "TASKS", "generate_instruction_data", "split_instruction_data", "encode_example",
            "instruction_collate", "eos_token_id", "greedy_generate", "answer", "exact_match",
-           "train_instructions"]
+           "format_few_shot", "few_shot_exact_match", "train_instructions"]
 
 EOS = "<|endoftext|>"
 IGNORE_INDEX = -100
@@ -344,6 +344,70 @@ def exact_match(model: nn.Module, tokenizer, records: Sequence[dict], max_new_to
         for row in out[:, idx.size(1):].tolist():
             new_ids.append(row[:row.index(eos_id)] if eos_id in row else row)
     preds = [tokenizer.decode(ids).strip() for ids in new_ids]
+    score = sum(p == r["output"].strip() for p, r in zip(preds, records)) / len(records)
+    return score, preds
+
+
+def format_few_shot(record: dict, shots: Sequence[dict]) -> str:
+    """A plain-text few-shot prompt: the instruction, then ``Input: ... / Output: ...`` demonstrations.
+
+    A base model has never seen the Alpaca headers, so asking it zero-shot measures nothing. A
+    few solved examples in a compact format it can continue (Brown et al. 2020, "Language Models
+    are Few-Shot Learners", section 2) is the fair "before" figure. The answer is the text after
+    the last ``Output:`` up to the end of the line.
+
+    Example::
+
+        >>> print(format_few_shot({"instruction": "Add.", "input": "2 + 3"},
+        ...                       [{"instruction": "Add.", "input": "1 + 1", "output": "2"}]))
+        Add.
+        Input: 1 + 1
+        Output: 2
+        Input: 2 + 3
+        Output:
+    """
+    lines = [record["instruction"]]
+    for shot in shots:
+        lines += [f"Input: {shot['input']}", f"Output: {shot['output']}"]
+    lines += [f"Input: {record['input']}", "Output:"]
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def few_shot_exact_match(model: nn.Module, tokenizer, records: Sequence[dict], shot_pool: Sequence[dict],
+                         k: int = 3, max_new_tokens: int = 8, seed: int = 0,
+                         batch_size: int = 32) -> tuple[float, list[str]]:
+    """Exact match of ``model`` prompted with ``k`` solved examples of the same task (:func:`format_few_shot`).
+
+    The shots for each record are drawn (``random.Random(seed)``) from the records of
+    ``shot_pool`` with the same ``task`` and a different prompt; the greedy continuation is cut at
+    the first newline and stripped. Prompts are cut from the left to fit the context.
+
+    Raises:
+        ValueError: if ``records`` is empty, ``k < 0``, or a task has fewer than ``k`` shots in the pool.
+    """
+    if not records:
+        raise ValueError("few_shot_exact_match needs at least one record")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"k must be an int >= 0, got {k!r}")
+    rng = random.Random(seed)
+    by_task: dict[str, list[dict]] = {}
+    for r in shot_pool:
+        by_task.setdefault(r.get("task"), []).append(r)
+    keep = max(1, model.cfg.context_length - max_new_tokens)
+    prompts = []
+    for r in records:
+        pool = [s for s in by_task.get(r.get("task"), []) if s["input"] != r["input"]]
+        if len(pool) < k:
+            raise ValueError(f"task {r.get('task')!r} has {len(pool)} shots in shot_pool, need k={k}")
+        prompts.append(tokenizer.encode(format_few_shot(r, rng.sample(pool, k)))[-keep:])
+    pad = eos_token_id(tokenizer)
+    preds: list[str] = []
+    for s in range(0, len(prompts), batch_size):
+        idx, mask = left_pad(prompts[s:s + batch_size], pad_id=pad)
+        out = generate(model, idx, max_new_tokens, temperature=0.0, attention_mask=mask)
+        for row in out[:, idx.size(1):].tolist():
+            preds.append(tokenizer.decode([i for i in row if i != pad]).split("\n")[0].strip())
     score = sum(p == r["output"].strip() for p, r in zip(preds, records)) / len(records)
     return score, preds
 
