@@ -9,6 +9,12 @@ Many processes on one machine (DDP or FSDP2; gloo on the CPU, NCCL on GPUs)::
     torchrun --standalone --nproc_per_node=2 ch05_pretraining/pretrain.py \\
         --strategy ddp --out runs/ddp --max-steps 200 --batch-size 32 --grad-accum 2
 
+Tensor parallelism (Megatron-LM, ``shared.parallel``; every block split over the processes,
+which all read the same batch; Chapter 5b)::
+
+    torchrun --standalone --nproc_per_node=2 ch05_pretraining/pretrain.py \
+        --strategy tp --out runs/tp --max-steps 200 --batch-size 32
+
 Many machines: see ``ch05_pretraining/MULTINODE.md`` (torchrun rendezvous).
 
 What it does, step by step (Chapter 5 explains each piece):
@@ -31,11 +37,23 @@ What it does, step by step (Chapter 5 explains each piece):
   step: ``step``, ``loss``, ``lr``, ``grad_norm``, ``tokens_per_s``, ``mfu`` where the GPU's peak
   is known, and ``val_loss`` / ``val_bpb`` when evaluated) and ``OUT/ckpt.pt`` (atomic, with
   full unsharded weights and optimizer state, so it resumes under any strategy).
+* **Memory and spikes.** ``--activation-checkpointing`` recomputes each block in backward
+  (less activation memory for about one more forward; Chapter 5b measures it).
+  ``--spike-factor F`` watches for a loss above ``F`` x the mean of the last
+  ``--spike-warmup`` losses: the run then rewinds to ``OUT/ckpt.pt`` and skips the batches it
+  had read since (the PaLM recipe, Chowdhery et al. 2022, section 5.1), with a log line and a
+  ``"rewind_to"`` record in ``metrics.jsonl``.
+* **Documents.** The Shakespeare token files hold one play per document, each followed by
+  ``<|endoftext|>`` (its id is ``eot_id`` in ``OUT/data/*.json``).
 * **Resume.** ``--resume`` restores weights, optimizer, step, every rank's RNG state and the
   data position from ``OUT/ckpt.pt``; the following losses equal an uninterrupted run's.
+  Finished work is never replaced unasked: an ``OUT`` that already holds a run needs
+  ``--resume`` (continue it) or ``--overwrite`` (start again). A checkpoint whose bytes were
+  damaged fails its checksum (``shared.checkpoint``) instead of resuming with garbage.
 
-Exit status: 0 on success; 1 with a one-line ``pretrain.py: error: ...`` on bad arguments, a
-corrupt or mismatched checkpoint, or a NaN/inf loss.
+Exit status: 0 on success; 1 with a one-line ``pretrain.py: error: ...`` on bad arguments, an
+``OUT`` that holds a run already, a corrupt or mismatched checkpoint, a NaN/inf loss, or a
+lost worker (the message says to restart with ``--resume``); 130 when interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -44,6 +62,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -101,17 +120,30 @@ class CLIError(ValueError):
     """A problem with the command line or the run directory, reported as one line."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """Under ``torchrun`` every rank parses the command line: only rank 0 prints help, usage
+    and argument errors (the others exit just the same, silently)."""
+
+    def _print_message(self, message, file=None):
+        if os.environ.get("RANK", "0") == "0":
+            super()._print_message(message, file)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="pretrain.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Flags left unset take their value from --profile (see PROFILE_DEFAULTS in the source).")
     run = p.add_argument_group("run")
     run.add_argument("--out", required=True, type=Path, help="run directory (metrics.jsonl, ckpt.pt, data/)")
-    run.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp",
-                     help="data parallelism under torchrun (ignored for a single process)")
+    run.add_argument("--strategy", choices=("ddp", "fsdp", "tp"), default="ddp",
+                     help="under torchrun: data parallelism (ddp, fsdp) or Megatron tensor parallelism "
+                          "(tp: every block split over all processes, which all read the same batch); "
+                          "ignored for a single process")
     run.add_argument("--resume", action="store_true",
                      help="continue from OUT/ckpt.pt if it exists (else start at step 0)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start again in an OUT that already holds a run, replacing its metrics and checkpoint")
     run.add_argument("--profile", choices=("smoke", "default"), default=None,
                      help="size defaults; default: LLM_PROFILE / shared.runtime.PROFILE")
     run.add_argument("--device", choices=("cpu", "cuda"), default=None,
@@ -127,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="checkpoint every N steps and at the end (0: only at the end)")
     run.add_argument("--log-interval", type=int, default=1, help="log every N steps (and the last)")
     run.add_argument("--compile", action="store_true", help="torch.compile the model (GPUs; slow start)")
+    run.add_argument("--activation-checkpointing", action="store_true",
+                     help="recompute each block's activations in backward (torch.utils.checkpoint): "
+                          "less memory, about one more forward of compute")
+    run.add_argument("--spike-factor", type=float, default=0.0,
+                     help="loss-spike guard: when a step's loss exceeds this many times the running "
+                          "mean of recent losses, rewind to OUT/ckpt.pt and skip the batches since (0: off)")
+    run.add_argument("--spike-warmup", type=int, default=20,
+                     help="steps before the loss-spike guard starts watching")
     opt = p.add_argument_group("optimizer")
     opt.add_argument("--lr", type=float, default=None, help="peak learning rate")
     opt.add_argument("--min-lr", type=float, default=None, help="final learning rate (default lr/10)")
@@ -152,9 +192,37 @@ def build_parser() -> argparse.ArgumentParser:
                       help="model vocabulary (course BPE: also its size); >= the largest id + 1")
     # Hidden switches for the tests (tests/test_pretrain.py).
     p.add_argument("--debug-inject-nan-at", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--debug-inject-spike-at", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--debug-hang-after", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--debug-exit-after", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--debug-kill-after", type=int, default=None, help=argparse.SUPPRESS)  # last rank SIGKILLs itself
     return p
+
+
+def check_out_dir(args: argparse.Namespace) -> None:
+    """Refuse an ``--out`` that cannot be a directory, or one holding a run that neither
+    ``--resume`` nor ``--overwrite`` was given for (raises :class:`CLIError`)."""
+    out = args.out
+    for parent in (out, *out.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise CLIError(f"--out {out}: {parent} is a file, not a directory; choose another --out")
+            break
+    if args.resume and args.overwrite:
+        raise CLIError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    ckpt, metrics = out / CKPT_NAME, out / METRICS_NAME
+    if args.resume or args.overwrite or not (ckpt.exists() or metrics.exists()):
+        return
+    what = []
+    if metrics.exists():
+        steps = [json.loads(line).get("step", -1) for line in metrics.read_text().splitlines() if line.strip()]
+        if steps:
+            what.append(f"metrics up to step {max(steps)}")
+    if ckpt.exists():
+        what.append(f"a checkpoint {ckpt.name}")
+    raise CLIError(f"--out {out} already holds a run ({' and '.join(what) or 'an empty metrics file'}). "
+                   "Add --resume to continue it (raise --max-steps to train further), --overwrite to "
+                   "start again and replace it, or choose another --out.")
 
 
 def resolve_args(args: argparse.Namespace, device: torch.device) -> argparse.Namespace:
@@ -173,6 +241,10 @@ def resolve_args(args: argparse.Namespace, device: torch.device) -> argparse.Nam
             raise CLIError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.lr <= 0:
         raise CLIError(f"--lr must be positive, got {args.lr}")
+    if args.spike_factor != 0 and not args.spike_factor > 1:
+        raise CLIError(f"--spike-factor must be 0 (off) or > 1, got {args.spike_factor}")
+    if args.spike_warmup < 1:
+        raise CLIError(f"--spike-warmup must be >= 1, got {args.spike_warmup}")
     if args.min_lr is None:
         args.min_lr = args.lr / 10
     if args.warmup_steps is None:
@@ -201,37 +273,79 @@ def model_config(args: argparse.Namespace, vocab_size: int) -> GPTConfig:
 def prepare_shakespeare(out: Path, tokenizer: str, vocab_size: int, smoke: bool) -> tuple[Path, Path, dict]:
     """Tokenise the Shakespeare plays once into ``out/data`` (cached; atomic writes).
 
+    Every play is one document, and the token files hold the plays separated by the
+    ``<|endoftext|>`` id (``meta["eot_id"]``), so a model learns where a play ends and
+    ``shared.generate`` can stop there; a training window may still cross a boundary.
+
     Returns ``(train_file, val_file, meta)``; ``meta["val_bytes_per_token"]`` converts a loss
     in nats/token into bits per byte.
     """
-    from shared.data import load_shakespeare, write_token_file
-    name = ("gpt2" if tokenizer == "gpt2" else f"bpe{vocab_size}") + ("-smoke" if smoke else "")
+    from shared.data import VAL_PLAYS, load_shakespeare, shakespeare_plays, write_token_file
+    name = ("gpt2" if tokenizer == "gpt2" else f"bpe{vocab_size}") + ("-smoke" if smoke else "") + "-docs"
     folder = out / "data"
     train_f, val_f, meta_f = folder / f"train_{name}.npy", folder / f"val_{name}.npy", folder / f"{name}.json"
     if train_f.exists() and val_f.exists() and meta_f.exists():
         return train_f, val_f, json.loads(meta_f.read_text())
-    train_text, val_text = load_shakespeare("train"), load_shakespeare("val")
+    plays = shakespeare_plays()
+    train_docs = [p.text for p in plays if p.slug not in VAL_PLAYS]
+    val_docs = [p.text for p in plays if p.slug in VAL_PLAYS]
     if smoke:  # a slice of the plays keeps the smoke run to seconds
-        train_text = train_text[:600_000]
+        train_docs = _first_chars(train_docs, 600_000)
+    train_text = load_shakespeare("train")
     if tokenizer == "gpt2":
         from shared.tokenizer import gpt2_encoding
         enc = gpt2_encoding()
-        encode, n_vocab, tok_file = enc.encode_ordinary, enc.n_vocab, None
+        encode, n_vocab, tok_file, eot = enc.encode_ordinary, enc.n_vocab, None, enc.eot_token
     else:
-        from shared.tokenizer import BPETokenizer
+        from shared.tokenizer import ENDOFTEXT, BPETokenizer
         tok = BPETokenizer.train(train_text[:1_000_000] if not smoke else train_text[:200_000], vocab_size)
         tok_file = folder / f"{name}_tokenizer.json"
         folder.mkdir(parents=True, exist_ok=True)
         tok.save(tok_file)
-        encode, n_vocab = tok.encode, tok.vocab_size
-    train_ids, val_ids = encode(train_text), encode(val_text)
+        encode, n_vocab, eot = tok.encode, tok.vocab_size, tok.special_tokens[ENDOFTEXT]
+    train_ids, val_ids = encode_documents(train_docs, encode, eot), encode_documents(val_docs, encode, eot)
     write_token_file(train_f, train_ids, n_vocab)
     write_token_file(val_f, val_ids, n_vocab)
+    # Bytes of the validation text, one separator byte per boundary (as "\n".join would have).
+    val_bytes = sum(len(d.encode("utf-8")) for d in val_docs) + len(val_docs) - 1
     meta = {"tokenizer": tokenizer, "vocab_size": int(n_vocab), "tokenizer_file": tok_file.name if tok_file else None,
-            "train_tokens": len(train_ids), "val_tokens": len(val_ids),
-            "val_bytes_per_token": len(val_text.encode("utf-8")) / len(val_ids)}
+            "train_tokens": len(train_ids), "val_tokens": len(val_ids), "eot_id": int(eot),
+            "train_documents": len(train_docs), "val_documents": len(val_docs),
+            "val_bytes_per_token": val_bytes / len(val_ids)}
     _atomic_write_text(meta_f, json.dumps(meta, indent=1))
     return train_f, val_f, meta
+
+
+def _first_chars(docs: list[str], n_chars: int) -> list[str]:
+    """The leading documents holding ``n_chars`` characters in all (the last one cut)."""
+    out, left = [], n_chars
+    for d in docs:
+        if left <= 0:
+            break
+        out.append(d[:left])
+        left -= len(d)
+    return out
+
+
+def encode_documents(docs: list[str], encode, eot_id: int) -> np.ndarray:
+    """Token ids of ``docs``, each followed by ``eot_id`` (``<|endoftext|>``): ``d0 EOT d1 EOT ...``.
+
+    Each document is encoded on its own, so no BPE merge crosses a boundary, and the separator
+    is a token the text cannot produce (GPT-2's data format). The joining is
+    ``shared.packing.join_documents`` (Chapter 2b).
+
+    Example::
+
+        >>> encode_documents(["ab", "c"], lambda s: [ord(ch) for ch in s], 0).tolist()
+        [97, 98, 0, 99, 0]
+
+    Raises:
+        ValueError: if ``docs`` is empty; ValueError/TypeError from ``join_documents`` for a bad ``eot_id``.
+    """
+    from shared.packing import join_documents
+    if not docs:
+        raise ValueError("docs must hold at least one document")
+    return join_documents([encode(d) for d in docs], eot_id)
 
 
 def load_data(args: argparse.Namespace, info: DistInfo) -> tuple[np.ndarray, np.ndarray, int, dict]:
@@ -280,12 +394,14 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def truncate_metrics(path: Path, start_step: int) -> None:
-    """Keep only the records of steps before ``start_step`` (a resumed run rewrites the rest)."""
+def truncate_metrics(path: Path, start_step: int, keep_rewinds: bool = False) -> None:
+    """Keep only the records of steps before ``start_step`` (a resumed run rewrites the rest);
+    ``keep_rewinds``: keep the loss-spike records (``"rewind_to"``) too."""
     if not path.exists():
         return
     keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", -1) < start_step]
+            if line.strip() and (json.loads(line).get("step", -1) < start_step
+                                 or (keep_rewinds and "rewind_to" in json.loads(line)))]
     _atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
@@ -300,13 +416,18 @@ class _StateDict:
 
 
 def save_run_checkpoint(path: Path, model, optimizer, step_done: int, cfg: GPTConfig,
-                        args: argparse.Namespace, info: DistInfo) -> None:
+                        args: argparse.Namespace, info: DistInfo, data_shift: int = 0) -> None:
     """Gather full state on rank 0 and write ``path`` atomically. Collective: all ranks call it."""
     from shared.checkpoint import save_checkpoint
-    model_sd, optim_sd = full_state_dicts(model, optimizer, info)
+    if getattr(args, "strategy", None) == "tp" and info.distributed:
+        from shared.parallel import tp_full_state_dicts
+        model_sd, optim_sd = tp_full_state_dicts(model, optimizer)
+    else:
+        model_sd, optim_sd = full_state_dicts(model, optimizer, info)
     rngs = gather_rng_states(info)
     if info.is_main:
-        extra = {"data": {"scheme": "global_batch_offsets", "seed": args.seed, "next_step": step_done},
+        extra = {"data": {"scheme": "global_batch_offsets", "seed": args.seed, "next_step": step_done,
+                          "shift": data_shift},
                  "run": {"strategy": args.strategy if info.distributed else "single",
                          "world_size": info.world_size, "batch_size": args.batch_size,
                          "grad_accum": args.grad_accum, "max_steps": args.max_steps, "lr": args.lr,
@@ -343,14 +464,22 @@ def load_run_checkpoint(path: Path, model: GPTModel, cfg: GPTConfig) -> dict:
 # Training
 # --------------------------------------------------------------------------------------
 
+def _fresh_model(cfg: GPTConfig) -> GPTModel:
+    """A plain model to read a checkpoint into (FSDP's sharded model loads from its state dict)."""
+    return GPTModel(cfg)
+
+
 def run(args: argparse.Namespace, info: DistInfo) -> int:
     from shared.checkpoint import set_rng_state
     from shared.hardware import device_name, mfu, peak_flops
     from shared.train import TrainConfig, configure_optimizer, estimate_loss, train_step
 
+    check_out_dir(args)
     args = resolve_args(args, info.device)
     strategy = args.strategy if info.distributed else "single"
-    micro = micro_batch_size(args.batch_size, info.world_size, args.grad_accum)
+    # Tensor parallelism splits the model, not the batch: every rank reads the whole batch.
+    data_info = DistInfo(device=info.device) if strategy == "tp" else info
+    micro = micro_batch_size(args.batch_size, data_info.world_size, args.grad_accum)
     device = info.device
     amp_dtype = torch.float32
     if device.type == "cuda":
@@ -384,22 +513,38 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
         raise ValueError(f"the ranks disagree about {ckpt_path} (some see another checkpoint or none): "
                          "--out must be on a filesystem that every node shares")
     model.to(device)
+    model.activation_checkpointing = args.activation_checkpointing  # survives DDP/FSDP wrapping
     if args.compile:
         for block in model.blocks if strategy == "fsdp" else [model]:
             block.compile()  # in place: state-dict names are unchanged
-    model = wrap_model(model, strategy, info, bf16_params=(strategy == "fsdp" and amp_dtype == torch.bfloat16))
+    if strategy == "tp":
+        from shared.parallel import tensor_parallel_model
+        try:
+            model = tensor_parallel_model(model)  # in place: this rank keeps its shards
+        except ValueError as e:
+            raise CLIError(f"--strategy tp: {e}") from None
+    else:
+        model = wrap_model(model, strategy, info,
+                           bf16_params=(strategy == "fsdp" and amp_dtype == torch.bfloat16))
     # DDP: the optimizer and checkpoints see the plain module (same tensors, no "module." prefix).
     # FSDP: the sharded module itself (its parameters are DTensors).
     core = unwrap(model)
     optimizer = configure_optimizer(core, lr=args.lr, weight_decay=args.weight_decay)
     tcfg = TrainConfig(max_steps=args.max_steps, max_lr=args.lr, min_lr=args.min_lr,
                        warmup_steps=args.warmup_steps, grad_accum_steps=args.grad_accum,
-                       grad_clip=args.grad_clip or None, eval_interval=args.eval_interval,
+                       # TP clips the global norm in an optimizer pre-hook (below), not per rank
+                       grad_clip=None if strategy == "tp" else (args.grad_clip or None),
+                       eval_interval=args.eval_interval,
                        eval_iters=args.eval_iters, amp=True)
 
-    start = 0
+    start, resumed_shift = 0, 0
     if ckpt is not None:
-        load_optimizer_state(core, optimizer, ckpt["optimizer"])
+        resumed_shift = int(ckpt["extra"].get("data", {}).get("shift", 0))
+        if strategy == "tp":
+            from shared.parallel import tp_load_full_state
+            tp_load_full_state(core, optimizer, None, ckpt["optimizer"])  # weights were loaded before sharding
+        else:
+            load_optimizer_state(core, optimizer, ckpt["optimizer"])
         start = int(ckpt["step"])
         saved_run = ckpt["extra"].get("run", {})
         for k in ("batch_size", "grad_accum", "max_steps", "lr"):
@@ -413,6 +558,9 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
             torch.manual_seed(args.seed + 1000 * info.rank + start)
             log("note: the checkpoint was written with another world size: RNG streams re-seeded")
         log(f"resumed from {ckpt_path} at step {start}")
+        if start >= args.max_steps:
+            log(f"note: the run is already finished (step {start} >= --max-steps {args.max_steps}); "
+                "raise --max-steps to train further")
         del ckpt
     if info.is_main:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -421,24 +569,45 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
         else:
             truncate_metrics(metrics_path, start)
 
-    n_params = core.num_parameters()  # a GPTModel (FSDP2 keeps its methods; DTensor numel is global)
-    flops_per_token = core.flops_per_token(T)
+    tp_norm = {}
+    if strategy == "tp":
+        from shared.parallel import tp_clip_grad_norm_
+
+        def clip_global(_opt, _args, _kwargs):  # before every AdamW update: the norm over all shards
+            tp_norm["value"] = tp_clip_grad_norm_(core, args.grad_clip or None)
+        optimizer.register_step_pre_hook(clip_global)
+    if strategy == "tp":  # the sharded model counts only this rank's shards: count the full model
+        from shared.parallel import gpt_num_parameters
+        n_params = gpt_num_parameters(cfg)
+        # = GPTModel.flops_per_token: 6 x (non-embedding + LM head) + 12 L T d
+        flops_per_token = 6.0 * (n_params - cfg.context_length * cfg.d_model) + 12.0 * cfg.n_layers * T * cfg.d_model
+    else:
+        n_params = core.num_parameters()  # a GPTModel (FSDP2 keeps its methods; DTensor numel is global)
+        flops_per_token = core.flops_per_token(T)
     peak = peak_flops(device, amp_dtype) if device.type == "cuda" else None
     log(f"pretrain.py: {strategy} x {info.world_size} ({info.backend or 'no process group'}) on "
         f"{device_name(device)} | {n_params / 1e6:.2f}M params, d_model={cfg.d_model} n_layers={cfg.n_layers} "
         f"T={T} vocab={cfg.vocab_size} | global batch {args.batch_size} seqs = {info.world_size} ranks x "
         f"{args.grad_accum} micro-steps x {micro} | {len(train_tokens):,} train tokens | "
-        f"amp={str(amp_dtype).removeprefix('torch.')}")
+        f"amp={str(amp_dtype).removeprefix('torch.')}"
+        + (" | activation checkpointing" if args.activation_checkpointing else ""))
 
     if args.debug_inject_nan_at is not None and info.is_main:
         def nan_hook(_module, _inputs, output):  # poison rank 0's logits at one step
             return output * float("nan") if current_step == args.debug_inject_nan_at and core.training else output
         unwrap(model).final_norm.register_forward_hook(nan_hook)
+    if args.debug_inject_spike_at is not None:
+        def spike_hook(_module, _inputs, output):  # sharp logits at one step: a loss spike on every rank
+            if current_step == args.debug_inject_spike_at and core.training and not spiked_once:
+                return output * 50.0
+            return output
+        unwrap(model).final_norm.register_forward_hook(spike_hook)
+    spiked_once = False
 
     def eval_batches(i: int):
         """Validation batch ``i``: ``micro`` windows per rank, the same at every evaluation (stream 1)."""
-        offs = global_batch_offsets(len(val_tokens), T, micro * info.world_size, args.seed, i, stream=1)
-        return read_windows(val_tokens, np.array_split(offs, info.world_size)[info.rank], T, device)
+        offs = global_batch_offsets(len(val_tokens), T, micro * data_info.world_size, args.seed, i, stream=1)
+        return read_windows(val_tokens, np.array_split(offs, data_info.world_size)[data_info.rank], T, device)
 
     def evaluate() -> float:
         it = iter(range(args.eval_iters))
@@ -451,13 +620,52 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
     recent: list[tuple[float, float]] = []  # (tokens/s, rank-0 CPU seconds per wall second)
     t_last, cpu_last = time.perf_counter(), time.process_time()
     current_step = start
-    for step in range(start, args.max_steps):
+    data_shift = int(resumed_shift)  # batches skipped after loss spikes: step s reads batch s + shift
+    loss_history: list[float] = []
+    step = start - 1
+    while step + 1 < args.max_steps:
+        step += 1
         current_step = step
-        offsets = global_batch_offsets(len(train_tokens), T, args.batch_size, args.seed, step)
-        micro_batches = iter(rank_offsets(offsets, info, args.grad_accum))
+        offsets = global_batch_offsets(len(train_tokens), T, args.batch_size, args.seed, step + data_shift)
+        micro_batches = iter(rank_offsets(offsets, data_info, args.grad_accum))
         out = train_step(model, optimizer, lambda mb=micro_batches: read_windows(train_tokens, next(mb), T, device),
                          step, tcfg, no_sync=no_sync)
         loss = float(all_reduce_mean(torch.tensor(out["loss"], device=device), info))
+        # Loss-spike guard: every rank sees the same all-reduced loss, so all rewind together.
+        if args.spike_factor and len(loss_history) >= args.spike_warmup:
+            recent_mean = float(np.mean(loss_history[-args.spike_warmup:]))
+            if loss > args.spike_factor * recent_mean:
+                spiked_once = True
+                if not ckpt_path.exists():
+                    log(f"loss spike at step {step}: loss {loss:.4f} > {args.spike_factor:g} x recent mean "
+                        f"{recent_mean:.4f}; no checkpoint to rewind to yet, continuing")
+                else:
+                    back = load_run_checkpoint(ckpt_path, core if strategy not in ("fsdp", "tp")
+                                               else _fresh_model(cfg), cfg)
+                    if strategy == "fsdp":
+                        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+                        set_model_state_dict(model, back["model"], options=StateDictOptions(full_state_dict=True))
+                    if strategy == "tp":
+                        from shared.parallel import tp_load_full_state
+                        tp_load_full_state(core, optimizer, back["model"], back["optimizer"])
+                    else:
+                        load_optimizer_state(core, optimizer, back["optimizer"])
+                    ckpt_step = int(back["step"])
+                    data_shift += step + 1 - ckpt_step  # never replay the batches that led to the spike
+                    log(f"loss spike at step {step}: loss {loss:.4f} > {args.spike_factor:g} x recent mean "
+                        f"{recent_mean:.4f}; rewound to the checkpoint of step {ckpt_step}, skipping "
+                        f"{step + 1 - ckpt_step} batch(es) (data shift now {data_shift})")
+                    if info.is_main:
+                        with open(metrics_path, "a") as f:
+                            f.write(json.dumps({"step": step, "loss": loss, "rewind_to": ckpt_step,
+                                                "data_shift": data_shift}) + "\n")
+                        truncate_metrics(metrics_path, ckpt_step, keep_rewinds=True)
+                    loss_history = loss_history[:max(0, len(loss_history) - (step - ckpt_step))]
+                    del back
+                    step = ckpt_step - 1
+                    t_last, cpu_last = time.perf_counter(), time.process_time()
+                    continue
+        loss_history.append(loss)
         if device.type == "cuda":
             torch.cuda.synchronize()
         last = step == args.max_steps - 1
@@ -467,6 +675,8 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
         cpu_dt, cpu_last = cpu_now - cpu_last, cpu_now
         tokens_per_s = args.batch_size * T / dt
         recent.append((tokens_per_s, cpu_dt / dt))
+        if "value" in tp_norm:
+            out["grad_norm"] = tp_norm["value"]
         record = {"step": step, "loss": loss, "lr": out["lr"], "grad_norm": out["grad_norm"],
                   "tokens_per_s": tokens_per_s}
         m = mfu(tokens_per_s / info.world_size, flops_per_token, peak)
@@ -489,10 +699,14 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
             print(line, flush=True)
         stop_early = args.debug_exit_after is not None and step + 1 >= args.debug_exit_after
         if last or stop_early or (args.checkpoint_interval and (step + 1) % args.checkpoint_interval == 0):
-            save_run_checkpoint(ckpt_path, model if strategy == "fsdp" else core, optimizer, step + 1, cfg, args, info)
+            save_run_checkpoint(ckpt_path, model if strategy == "fsdp" else core, optimizer, step + 1, cfg, args,
+                                info, data_shift=data_shift)
             t_last, cpu_last = time.perf_counter(), time.process_time()
         if stop_early:
             break
+        if args.debug_kill_after is not None and step + 1 >= args.debug_kill_after \
+                and info.rank == info.world_size - 1 and info.distributed:
+            os.kill(os.getpid(), signal.SIGKILL)  # a worker lost mid-run, for the tests
         if args.debug_hang_after is not None and step + 1 >= args.debug_hang_after:
             while True:  # a hung job, for the tests to SIGKILL mid-run
                 time.sleep(1)
@@ -529,6 +743,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not launched_by_torchrun():
         print("pretrain.py: not launched by torchrun: a single process (--strategy is ignored)", flush=True)
+    elif threading_main():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = run(args, info)
     except (ValueError, FloatingPointError, FileNotFoundError) as e:
@@ -540,11 +756,52 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pretrain.py: error{where}: {e}", file=sys.stderr, flush=True)
         teardown(info, barrier=False)
         return 1
+    except KeyboardInterrupt:
+        print(f"pretrain.py: interrupted. {_resume_hint(args)}", file=sys.stderr, flush=True)
+        teardown(info, barrier=False)
+        return 130
+    except (RuntimeError, _Terminated) as e:
+        if info.distributed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # torchrun's SIGTERM may follow: just exit
+        if not info.distributed or isinstance(e, torch.OutOfMemoryError):
+            teardown(info, barrier=False)
+            raise
+        # A collective failed or torchrun stopped us: almost always another worker died (killed,
+        # out of memory, a lost node). Say so in one line, not gloo's/NCCL's traceback.
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        print(f"pretrain.py: error (rank {info.rank}): lost contact with the other processes ({first}). "
+              f"A worker probably died or was killed. {_resume_hint(args)}", file=sys.stderr, flush=True)
+        teardown(info, barrier=False)
+        return 1
     except BaseException:
         teardown(info, barrier=False)
         raise
     teardown(info)  # barrier, then destroy the process group
+    if info.distributed:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return code
+
+
+class _Terminated(Exception):
+    """SIGTERM: torchrun stops the surviving workers when one of them fails."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # once: a second SIGTERM just ends the process
+    raise _Terminated("stopped by SIGTERM from the launcher")
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    ckpt = args.out / CKPT_NAME
+    if ckpt.exists():
+        return (f"The last checkpoint is {ckpt}: run the same command again with --resume to continue "
+                "from it.")
+    return "No checkpoint was written yet: run the same command again to start over."
+
+
+def threading_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

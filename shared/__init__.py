@@ -20,15 +20,14 @@ module                      what it holds (chapter)
 ``shared.train``            loss, schedule, AdamW groups, the training loop (5)
 ``shared.checkpoint``       atomic, validated checkpoints (5)
 ``shared.distributed``      DDP/FSDP set-up for ``ch05_pretraining/pretrain.py`` (5)
+``shared.parallel``         tensor and pipeline parallelism, ZeRO arithmetic, a planner (5b)
 ``shared.pretrained``       the Chapter 5 course model, loaded or trained on the spot (5-7)
 ``shared.generate``         sampling, streaming, cached and batched generation (6)
 ``shared.finetune``         genre classification finetuning (7)
 ``shared.instruct``         instruction data, Alpaca format, loss masking, exact match (7)
 ``shared.lora``             LoRA from scratch (7)
-``shared.checks``           self-checks in exercise notebooks
-``shared.exercises``        generates exercise notebooks from solutions
-``shared.grade``            the autograder: ``python -m shared.grade NOTEBOOK...``
-``shared.notebooks``        maintainer tools (run, clean, setup cell, README table)
+``shared.checks``           self-checks, hints and hidden parameters in exercise notebooks (learners import it)
+``shared.course``           instructor/maintainer tooling: the grader, exercise generator, notebook tools
 ==========================  ===========================================================
 
 Each notebook cell that shows one of these components is tagged ``# shared: shared.x.y``,

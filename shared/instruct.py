@@ -33,7 +33,7 @@ from shared.generate import find_eos_id, generate, left_pad
 __all__ = ["EOS", "IGNORE_INDEX", "PREAMBLE", "PREAMBLE_NO_INPUT", "format_prompt", "load_alpaca_json",
            "TASKS", "generate_instruction_data", "split_instruction_data", "encode_example",
            "instruction_collate", "eos_token_id", "greedy_generate", "answer", "exact_match",
-           "train_instructions"]
+           "format_few_shot", "few_shot_exact_match", "train_instructions"]
 
 EOS = "<|endoftext|>"
 IGNORE_INDEX = -100
@@ -244,9 +244,22 @@ def eos_token_id(tokenizer) -> int:
     return eos
 
 
+def _check_record(record) -> None:
+    if not isinstance(record, dict) or not isinstance(record.get("instruction"), str):
+        raise ValueError(f"record must be a dict with an 'instruction' string, got {record!r:.80}")
+
+
 def encode_example(tokenizer, record: dict, preamble: bool = True) -> tuple[list[int], list[int]]:
-    """``(prompt_ids, response_ids)``: the Alpaca prompt, and the answer followed by ``<|endoftext|>``."""
-    return tokenizer.encode(format_prompt(record, preamble)), tokenizer.encode(record["output"]) + [eos_token_id(tokenizer)]
+    """``(prompt_ids, response_ids)``: the Alpaca prompt, and the answer followed by ``<|endoftext|>``.
+
+    Raises:
+        ValueError: if ``record`` lacks an ``instruction`` or an ``output`` string.
+    """
+    _check_record(record)
+    prompt = format_prompt(record, preamble)
+    if not isinstance(record.get("output"), str):
+        raise ValueError(f"record needs an 'output' string (the answer to learn), got {record!r:.80}")
+    return tokenizer.encode(prompt), tokenizer.encode(record["output"]) + [eos_token_id(tokenizer)]
 
 
 def instruction_collate(batch: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int,
@@ -304,7 +317,15 @@ def greedy_generate(model: nn.Module, ids: Sequence[int], max_new_tokens: int, e
 
     Uses ``shared.generate.generate`` (Chapter 6: temperature 0, KV cache). The prompt is cut
     from the left to leave room for the answer.
+
+    Raises:
+        ValueError: if ``ids`` is empty or ``max_new_tokens`` is not an int >= 0 (and as
+            ``shared.generate.generate``).
     """
+    if len(ids) == 0:
+        raise ValueError("ids must hold at least one prompt token")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     keep = max(1, model.cfg.context_length - max_new_tokens)
     ids = list(ids)[-keep:]
     idx = torch.tensor([ids], dtype=torch.long)
@@ -313,7 +334,12 @@ def greedy_generate(model: nn.Module, ids: Sequence[int], max_new_tokens: int, e
 
 
 def answer(model: nn.Module, tokenizer, record: dict, max_new_tokens: int = 16, preamble: bool = True) -> str:
-    """The model's greedy answer to ``record``'s Alpaca prompt, stripped of whitespace."""
+    """The model's greedy answer to ``record``'s Alpaca prompt, stripped of whitespace.
+
+    Raises:
+        ValueError: if ``record`` has no ``instruction`` string.
+    """
+    _check_record(record)
     ids = tokenizer.encode(format_prompt(record, preamble))
     new = greedy_generate(model, ids, max_new_tokens, eos_token_id(tokenizer))
     return tokenizer.decode(new).strip()
@@ -344,6 +370,74 @@ def exact_match(model: nn.Module, tokenizer, records: Sequence[dict], max_new_to
         for row in out[:, idx.size(1):].tolist():
             new_ids.append(row[:row.index(eos_id)] if eos_id in row else row)
     preds = [tokenizer.decode(ids).strip() for ids in new_ids]
+    score = sum(p == r["output"].strip() for p, r in zip(preds, records)) / len(records)
+    return score, preds
+
+
+def format_few_shot(record: dict, shots: Sequence[dict]) -> str:
+    """A plain-text few-shot prompt: the instruction, then ``Input: ... / Output: ...`` demonstrations.
+
+    A base model has never seen the Alpaca headers, so asking it zero-shot measures nothing. A
+    few solved examples in a compact format it can continue (Brown et al. 2020, "Language Models
+    are Few-Shot Learners", section 2) is the fair "before" figure. The answer is the text after
+    the last ``Output:`` up to the end of the line.
+
+    Example::
+
+        >>> print(format_few_shot({"instruction": "Add.", "input": "2 + 3"},
+        ...                       [{"instruction": "Add.", "input": "1 + 1", "output": "2"}]))
+        Add.
+        Input: 1 + 1
+        Output: 2
+        Input: 2 + 3
+        Output:
+
+    Raises:
+        ValueError: if ``record`` has no ``instruction`` string.
+    """
+    _check_record(record)
+    lines = [record["instruction"]]
+    for shot in shots:
+        lines += [f"Input: {shot['input']}", f"Output: {shot['output']}"]
+    lines += [f"Input: {record['input']}", "Output:"]
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def few_shot_exact_match(model: nn.Module, tokenizer, records: Sequence[dict], shot_pool: Sequence[dict],
+                         k: int = 3, max_new_tokens: int = 8, seed: int = 0,
+                         batch_size: int = 32) -> tuple[float, list[str]]:
+    """Exact match of ``model`` prompted with ``k`` solved examples of the same task (:func:`format_few_shot`).
+
+    The shots for each record are drawn (``random.Random(seed)``) from the records of
+    ``shot_pool`` with the same ``task`` and a different prompt; the greedy continuation is cut at
+    the first newline and stripped. Prompts are cut from the left to fit the context.
+
+    Raises:
+        ValueError: if ``records`` is empty, ``k < 0``, or a task has fewer than ``k`` shots in the pool.
+    """
+    if not records:
+        raise ValueError("few_shot_exact_match needs at least one record")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"k must be an int >= 0, got {k!r}")
+    rng = random.Random(seed)
+    by_task: dict[str, list[dict]] = {}
+    for r in shot_pool:
+        by_task.setdefault(r.get("task"), []).append(r)
+    keep = max(1, model.cfg.context_length - max_new_tokens)
+    prompts = []
+    for r in records:
+        pool = [s for s in by_task.get(r.get("task"), []) if s["input"] != r["input"]]
+        if len(pool) < k:
+            raise ValueError(f"task {r.get('task')!r} has {len(pool)} shots in shot_pool, need k={k}")
+        prompts.append(tokenizer.encode(format_few_shot(r, rng.sample(pool, k)))[-keep:])
+    pad = eos_token_id(tokenizer)
+    preds: list[str] = []
+    for s in range(0, len(prompts), batch_size):
+        idx, mask = left_pad(prompts[s:s + batch_size], pad_id=pad)
+        out = generate(model, idx, max_new_tokens, temperature=0.0, attention_mask=mask)
+        for row in out[:, idx.size(1):].tolist():
+            preds.append(tokenizer.decode([i for i in row if i != pad]).split("\n")[0].strip())
     score = sum(p == r["output"].strip() for p, r in zip(preds, records)) / len(records)
     return score, preds
 
