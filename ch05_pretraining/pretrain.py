@@ -9,6 +9,12 @@ Many processes on one machine (DDP or FSDP2; gloo on the CPU, NCCL on GPUs)::
     torchrun --standalone --nproc_per_node=2 ch05_pretraining/pretrain.py \\
         --strategy ddp --out runs/ddp --max-steps 200 --batch-size 32 --grad-accum 2
 
+Tensor parallelism (Megatron-LM, ``shared.parallel``; every block split over the processes,
+which all read the same batch; Chapter 5b)::
+
+    torchrun --standalone --nproc_per_node=2 ch05_pretraining/pretrain.py \
+        --strategy tp --out runs/tp --max-steps 200 --batch-size 32
+
 Many machines: see ``ch05_pretraining/MULTINODE.md`` (torchrun rendezvous).
 
 What it does, step by step (Chapter 5 explains each piece):
@@ -41,9 +47,13 @@ What it does, step by step (Chapter 5 explains each piece):
   ``<|endoftext|>`` (its id is ``eot_id`` in ``OUT/data/*.json``).
 * **Resume.** ``--resume`` restores weights, optimizer, step, every rank's RNG state and the
   data position from ``OUT/ckpt.pt``; the following losses equal an uninterrupted run's.
+  Finished work is never replaced unasked: an ``OUT`` that already holds a run needs
+  ``--resume`` (continue it) or ``--overwrite`` (start again). A checkpoint whose bytes were
+  damaged fails its checksum (``shared.checkpoint``) instead of resuming with garbage.
 
-Exit status: 0 on success; 1 with a one-line ``pretrain.py: error: ...`` on bad arguments, a
-corrupt or mismatched checkpoint, or a NaN/inf loss.
+Exit status: 0 on success; 1 with a one-line ``pretrain.py: error: ...`` on bad arguments, an
+``OUT`` that holds a run already, a corrupt or mismatched checkpoint, a NaN/inf loss, or a
+lost worker (the message says to restart with ``--resume``); 130 when interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -109,17 +120,30 @@ class CLIError(ValueError):
     """A problem with the command line or the run directory, reported as one line."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """Under ``torchrun`` every rank parses the command line: only rank 0 prints help, usage
+    and argument errors (the others exit just the same, silently)."""
+
+    def _print_message(self, message, file=None):
+        if os.environ.get("RANK", "0") == "0":
+            super()._print_message(message, file)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="pretrain.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Flags left unset take their value from --profile (see PROFILE_DEFAULTS in the source).")
     run = p.add_argument_group("run")
     run.add_argument("--out", required=True, type=Path, help="run directory (metrics.jsonl, ckpt.pt, data/)")
-    run.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp",
-                     help="data parallelism under torchrun (ignored for a single process)")
+    run.add_argument("--strategy", choices=("ddp", "fsdp", "tp"), default="ddp",
+                     help="under torchrun: data parallelism (ddp, fsdp) or Megatron tensor parallelism "
+                          "(tp: every block split over all processes, which all read the same batch); "
+                          "ignored for a single process")
     run.add_argument("--resume", action="store_true",
                      help="continue from OUT/ckpt.pt if it exists (else start at step 0)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start again in an OUT that already holds a run, replacing its metrics and checkpoint")
     run.add_argument("--profile", choices=("smoke", "default"), default=None,
                      help="size defaults; default: LLM_PROFILE / shared.runtime.PROFILE")
     run.add_argument("--device", choices=("cpu", "cuda"), default=None,
@@ -171,7 +195,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug-inject-spike-at", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--debug-hang-after", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--debug-exit-after", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--debug-kill-after", type=int, default=None, help=argparse.SUPPRESS)  # last rank SIGKILLs itself
     return p
+
+
+def check_out_dir(args: argparse.Namespace) -> None:
+    """Refuse an ``--out`` that cannot be a directory, or one holding a run that neither
+    ``--resume`` nor ``--overwrite`` was given for (raises :class:`CLIError`)."""
+    out = args.out
+    for parent in (out, *out.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise CLIError(f"--out {out}: {parent} is a file, not a directory; choose another --out")
+            break
+    if args.resume and args.overwrite:
+        raise CLIError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    ckpt, metrics = out / CKPT_NAME, out / METRICS_NAME
+    if args.resume or args.overwrite or not (ckpt.exists() or metrics.exists()):
+        return
+    what = []
+    if metrics.exists():
+        steps = [json.loads(line).get("step", -1) for line in metrics.read_text().splitlines() if line.strip()]
+        if steps:
+            what.append(f"metrics up to step {max(steps)}")
+    if ckpt.exists():
+        what.append(f"a checkpoint {ckpt.name}")
+    raise CLIError(f"--out {out} already holds a run ({' and '.join(what) or 'an empty metrics file'}). "
+                   "Add --resume to continue it (raise --max-steps to train further), --overwrite to "
+                   "start again and replace it, or choose another --out.")
 
 
 def resolve_args(args: argparse.Namespace, device: torch.device) -> argparse.Namespace:
@@ -368,7 +419,11 @@ def save_run_checkpoint(path: Path, model, optimizer, step_done: int, cfg: GPTCo
                         args: argparse.Namespace, info: DistInfo, data_shift: int = 0) -> None:
     """Gather full state on rank 0 and write ``path`` atomically. Collective: all ranks call it."""
     from shared.checkpoint import save_checkpoint
-    model_sd, optim_sd = full_state_dicts(model, optimizer, info)
+    if getattr(args, "strategy", None) == "tp" and info.distributed:
+        from shared.parallel import tp_full_state_dicts
+        model_sd, optim_sd = tp_full_state_dicts(model, optimizer)
+    else:
+        model_sd, optim_sd = full_state_dicts(model, optimizer, info)
     rngs = gather_rng_states(info)
     if info.is_main:
         extra = {"data": {"scheme": "global_batch_offsets", "seed": args.seed, "next_step": step_done,
@@ -419,9 +474,12 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
     from shared.hardware import device_name, mfu, peak_flops
     from shared.train import TrainConfig, configure_optimizer, estimate_loss, train_step
 
+    check_out_dir(args)
     args = resolve_args(args, info.device)
     strategy = args.strategy if info.distributed else "single"
-    micro = micro_batch_size(args.batch_size, info.world_size, args.grad_accum)
+    # Tensor parallelism splits the model, not the batch: every rank reads the whole batch.
+    data_info = DistInfo(device=info.device) if strategy == "tp" else info
+    micro = micro_batch_size(args.batch_size, data_info.world_size, args.grad_accum)
     device = info.device
     amp_dtype = torch.float32
     if device.type == "cuda":
@@ -459,20 +517,34 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
     if args.compile:
         for block in model.blocks if strategy == "fsdp" else [model]:
             block.compile()  # in place: state-dict names are unchanged
-    model = wrap_model(model, strategy, info, bf16_params=(strategy == "fsdp" and amp_dtype == torch.bfloat16))
+    if strategy == "tp":
+        from shared.parallel import tensor_parallel_model
+        try:
+            model = tensor_parallel_model(model)  # in place: this rank keeps its shards
+        except ValueError as e:
+            raise CLIError(f"--strategy tp: {e}") from None
+    else:
+        model = wrap_model(model, strategy, info,
+                           bf16_params=(strategy == "fsdp" and amp_dtype == torch.bfloat16))
     # DDP: the optimizer and checkpoints see the plain module (same tensors, no "module." prefix).
     # FSDP: the sharded module itself (its parameters are DTensors).
     core = unwrap(model)
     optimizer = configure_optimizer(core, lr=args.lr, weight_decay=args.weight_decay)
     tcfg = TrainConfig(max_steps=args.max_steps, max_lr=args.lr, min_lr=args.min_lr,
                        warmup_steps=args.warmup_steps, grad_accum_steps=args.grad_accum,
-                       grad_clip=args.grad_clip or None, eval_interval=args.eval_interval,
+                       # TP clips the global norm in an optimizer pre-hook (below), not per rank
+                       grad_clip=None if strategy == "tp" else (args.grad_clip or None),
+                       eval_interval=args.eval_interval,
                        eval_iters=args.eval_iters, amp=True)
 
     start, resumed_shift = 0, 0
     if ckpt is not None:
         resumed_shift = int(ckpt["extra"].get("data", {}).get("shift", 0))
-        load_optimizer_state(core, optimizer, ckpt["optimizer"])
+        if strategy == "tp":
+            from shared.parallel import tp_load_full_state
+            tp_load_full_state(core, optimizer, None, ckpt["optimizer"])  # weights were loaded before sharding
+        else:
+            load_optimizer_state(core, optimizer, ckpt["optimizer"])
         start = int(ckpt["step"])
         saved_run = ckpt["extra"].get("run", {})
         for k in ("batch_size", "grad_accum", "max_steps", "lr"):
@@ -486,6 +558,9 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
             torch.manual_seed(args.seed + 1000 * info.rank + start)
             log("note: the checkpoint was written with another world size: RNG streams re-seeded")
         log(f"resumed from {ckpt_path} at step {start}")
+        if start >= args.max_steps:
+            log(f"note: the run is already finished (step {start} >= --max-steps {args.max_steps}); "
+                "raise --max-steps to train further")
         del ckpt
     if info.is_main:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -494,8 +569,21 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
         else:
             truncate_metrics(metrics_path, start)
 
-    n_params = core.num_parameters()  # a GPTModel (FSDP2 keeps its methods; DTensor numel is global)
-    flops_per_token = core.flops_per_token(T)
+    tp_norm = {}
+    if strategy == "tp":
+        from shared.parallel import tp_clip_grad_norm_
+
+        def clip_global(_opt, _args, _kwargs):  # before every AdamW update: the norm over all shards
+            tp_norm["value"] = tp_clip_grad_norm_(core, args.grad_clip or None)
+        optimizer.register_step_pre_hook(clip_global)
+    if strategy == "tp":  # the sharded model counts only this rank's shards: count the full model
+        from shared.parallel import gpt_num_parameters
+        n_params = gpt_num_parameters(cfg)
+        # = GPTModel.flops_per_token: 6 x (non-embedding + LM head) + 12 L T d
+        flops_per_token = 6.0 * (n_params - cfg.context_length * cfg.d_model) + 12.0 * cfg.n_layers * T * cfg.d_model
+    else:
+        n_params = core.num_parameters()  # a GPTModel (FSDP2 keeps its methods; DTensor numel is global)
+        flops_per_token = core.flops_per_token(T)
     peak = peak_flops(device, amp_dtype) if device.type == "cuda" else None
     log(f"pretrain.py: {strategy} x {info.world_size} ({info.backend or 'no process group'}) on "
         f"{device_name(device)} | {n_params / 1e6:.2f}M params, d_model={cfg.d_model} n_layers={cfg.n_layers} "
@@ -518,8 +606,8 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
 
     def eval_batches(i: int):
         """Validation batch ``i``: ``micro`` windows per rank, the same at every evaluation (stream 1)."""
-        offs = global_batch_offsets(len(val_tokens), T, micro * info.world_size, args.seed, i, stream=1)
-        return read_windows(val_tokens, np.array_split(offs, info.world_size)[info.rank], T, device)
+        offs = global_batch_offsets(len(val_tokens), T, micro * data_info.world_size, args.seed, i, stream=1)
+        return read_windows(val_tokens, np.array_split(offs, data_info.world_size)[data_info.rank], T, device)
 
     def evaluate() -> float:
         it = iter(range(args.eval_iters))
@@ -539,7 +627,7 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
         step += 1
         current_step = step
         offsets = global_batch_offsets(len(train_tokens), T, args.batch_size, args.seed, step + data_shift)
-        micro_batches = iter(rank_offsets(offsets, info, args.grad_accum))
+        micro_batches = iter(rank_offsets(offsets, data_info, args.grad_accum))
         out = train_step(model, optimizer, lambda mb=micro_batches: read_windows(train_tokens, next(mb), T, device),
                          step, tcfg, no_sync=no_sync)
         loss = float(all_reduce_mean(torch.tensor(out["loss"], device=device), info))
@@ -552,11 +640,16 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
                     log(f"loss spike at step {step}: loss {loss:.4f} > {args.spike_factor:g} x recent mean "
                         f"{recent_mean:.4f}; no checkpoint to rewind to yet, continuing")
                 else:
-                    back = load_run_checkpoint(ckpt_path, core if strategy != "fsdp" else _fresh_model(cfg), cfg)
+                    back = load_run_checkpoint(ckpt_path, core if strategy not in ("fsdp", "tp")
+                                               else _fresh_model(cfg), cfg)
                     if strategy == "fsdp":
                         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
                         set_model_state_dict(model, back["model"], options=StateDictOptions(full_state_dict=True))
-                    load_optimizer_state(core, optimizer, back["optimizer"])
+                    if strategy == "tp":
+                        from shared.parallel import tp_load_full_state
+                        tp_load_full_state(core, optimizer, back["model"], back["optimizer"])
+                    else:
+                        load_optimizer_state(core, optimizer, back["optimizer"])
                     ckpt_step = int(back["step"])
                     data_shift += step + 1 - ckpt_step  # never replay the batches that led to the spike
                     log(f"loss spike at step {step}: loss {loss:.4f} > {args.spike_factor:g} x recent mean "
@@ -582,6 +675,8 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
         cpu_dt, cpu_last = cpu_now - cpu_last, cpu_now
         tokens_per_s = args.batch_size * T / dt
         recent.append((tokens_per_s, cpu_dt / dt))
+        if "value" in tp_norm:
+            out["grad_norm"] = tp_norm["value"]
         record = {"step": step, "loss": loss, "lr": out["lr"], "grad_norm": out["grad_norm"],
                   "tokens_per_s": tokens_per_s}
         m = mfu(tokens_per_s / info.world_size, flops_per_token, peak)
@@ -609,6 +704,9 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
             t_last, cpu_last = time.perf_counter(), time.process_time()
         if stop_early:
             break
+        if args.debug_kill_after is not None and step + 1 >= args.debug_kill_after \
+                and info.rank == info.world_size - 1 and info.distributed:
+            os.kill(os.getpid(), signal.SIGKILL)  # a worker lost mid-run, for the tests
         if args.debug_hang_after is not None and step + 1 >= args.debug_hang_after:
             while True:  # a hung job, for the tests to SIGKILL mid-run
                 time.sleep(1)
@@ -645,6 +743,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not launched_by_torchrun():
         print("pretrain.py: not launched by torchrun: a single process (--strategy is ignored)", flush=True)
+    elif threading_main():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = run(args, info)
     except (ValueError, FloatingPointError, FileNotFoundError) as e:
@@ -656,11 +756,52 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pretrain.py: error{where}: {e}", file=sys.stderr, flush=True)
         teardown(info, barrier=False)
         return 1
+    except KeyboardInterrupt:
+        print(f"pretrain.py: interrupted. {_resume_hint(args)}", file=sys.stderr, flush=True)
+        teardown(info, barrier=False)
+        return 130
+    except (RuntimeError, _Terminated) as e:
+        if info.distributed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # torchrun's SIGTERM may follow: just exit
+        if not info.distributed or isinstance(e, torch.OutOfMemoryError):
+            teardown(info, barrier=False)
+            raise
+        # A collective failed or torchrun stopped us: almost always another worker died (killed,
+        # out of memory, a lost node). Say so in one line, not gloo's/NCCL's traceback.
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        print(f"pretrain.py: error (rank {info.rank}): lost contact with the other processes ({first}). "
+              f"A worker probably died or was killed. {_resume_hint(args)}", file=sys.stderr, flush=True)
+        teardown(info, barrier=False)
+        return 1
     except BaseException:
         teardown(info, barrier=False)
         raise
     teardown(info)  # barrier, then destroy the process group
+    if info.distributed:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return code
+
+
+class _Terminated(Exception):
+    """SIGTERM: torchrun stops the surviving workers when one of them fails."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # once: a second SIGTERM just ends the process
+    raise _Terminated("stopped by SIGTERM from the launcher")
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    ckpt = args.out / CKPT_NAME
+    if ckpt.exists():
+        return (f"The last checkpoint is {ckpt}: run the same command again with --resume to continue "
+                "from it.")
+    return "No checkpoint was written yet: run the same command again to start over."
+
+
+def threading_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

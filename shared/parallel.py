@@ -27,6 +27,7 @@ The reference implementation read for the layer and op structure is Megatron-LM'
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -36,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["ColumnParallelLinear", "RowParallelLinear", "tensor_parallel_block", "tensor_parallel_model",
-           "tp_comm_bytes_per_layer", "COMM_STATS", "PipelineStage", "pipeline_stages", "gpipe_step",
+           "tp_comm_bytes_per_layer", "COMM_STATS", "tp_shard_specs", "tp_full_state_dicts",
+           "tp_load_full_state", "tp_clip_grad_norm_", "PipelineStage", "pipeline_stages", "gpipe_step",
            "bubble_fraction", "gpipe_schedule", "zero_bytes_per_param", "activation_bytes_per_layer",
            "plan", "PlanRow", "gpt_num_parameters"]
 
@@ -310,6 +312,127 @@ def tensor_parallel_model(model: nn.Module, group=None) -> nn.Module:
     return model
 
 
+def tp_shard_specs(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """``{name: (dim, parts)}`` for every tensor-parallel parameter of ``model``: ``(0, parts)``
+    for a :class:`ColumnParallelLinear`'s weight and bias, ``(1, 1)`` for a
+    :class:`RowParallelLinear`'s weight. Parameters not listed are replicated."""
+    specs = {}
+    for name, mod in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(mod, ColumnParallelLinear):
+            specs[prefix + "weight"] = (0, mod.parts)
+            if mod.bias is not None:
+                specs[prefix + "bias"] = (0, mod.parts)
+        elif isinstance(mod, RowParallelLinear):
+            specs[prefix + "weight"] = (1, 1)
+    return specs
+
+
+def _gather_shards(t: torch.Tensor, dim: int, parts: int, group) -> torch.Tensor:
+    """The full tensor from every rank's shard (inverse of :func:`_shard`)."""
+    _, world = _world(group)
+    if world == 1:
+        return t.detach().clone()
+    shards = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(shards, t.detach().contiguous(), group=group)
+    if dim == 1:
+        return torch.cat(shards, dim=1)
+    # each shard is [part_0 slice; part_1 slice; ...]: put every part back together first
+    per_part = [s.chunk(parts, dim=0) for s in shards]
+    return torch.cat([torch.cat([per_part[r][p] for r in range(world)], dim=0) for p in range(parts)], dim=0)
+
+
+def _shard(full: torch.Tensor, dim: int, parts: int, rank: int, world: int) -> torch.Tensor:
+    return _shard_dim0(full, rank, world, parts) if dim == 0 else full.chunk(world, dim=1)[rank].clone()
+
+
+def tp_full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, group=None) -> tuple[dict, dict]:
+    """Full (unsharded, CPU) model and optimizer state of a tensor-parallel model.
+
+    The format is that of ``shared.distributed.full_state_dicts`` (plain ``GPTModel`` keys;
+    the optimizer state keyed by parameter name), so a checkpoint written under tensor
+    parallelism loads in one process, under DDP or FSDP, and back under TP
+    (:func:`tp_load_full_state`). Collective: every rank of ``group`` must call it.
+    """
+    specs = tp_shard_specs(model)
+    model_sd = {}
+    for k, v in model.state_dict().items():
+        model_sd[k] = (_gather_shards(v, *specs[k], group) if k in specs else v.detach().clone()).cpu()
+    names = {id(p): n for n, p in model.named_parameters()}
+    state = {}
+    for p, st in optimizer.state.items():
+        n = names[id(p)]
+        state[n] = {k: ((_gather_shards(v, *specs[n], group) if n in specs and v.dim() > 0 else v.detach().clone()).cpu()
+                        if torch.is_tensor(v) else v) for k, v in st.items()}
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [names[id(p)] for p in g["params"]]}
+              for g in optimizer.param_groups]
+    return model_sd, {"state": state, "param_groups": groups}
+
+
+def tp_load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, model_sd: dict | None,
+                       optim_sd: dict | None, group=None) -> None:
+    """Load full state (from :func:`tp_full_state_dicts` or ``shared.distributed.full_state_dicts``)
+    into a tensor-parallel model and its optimizer: every rank keeps its own shards.
+
+    Raises:
+        ValueError: if a key or shape does not fit the model.
+    """
+    rank, world = _world(group)
+    specs = tp_shard_specs(model)
+    if model_sd is not None:
+        local = {k: (_shard(v, *specs[k], rank, world) if k in specs else v) for k, v in model_sd.items()}
+        try:
+            model.load_state_dict(local)
+        except RuntimeError as e:
+            raise ValueError(f"the state does not fit this tensor-parallel model: {e}") from None
+    if optimizer is not None and optim_sd is not None:
+        names = {id(p): n for n, p in model.named_parameters()}
+        order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+        index = {n: i for i, n in enumerate(order)}
+        try:
+            state = {index[n]: {k: (_shard(v, *specs[n], rank, world) if n in specs and torch.is_tensor(v)
+                                    and v.dim() > 0 else v) for k, v in st.items()}
+                     for n, st in optim_sd["state"].items()}
+            groups = [{**g, "params": [index[n] for n in g["params"]]} for g in optim_sd["param_groups"]]
+            optimizer.load_state_dict({"state": state, "param_groups": groups})
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise ValueError(f"the optimizer state does not fit this tensor-parallel model: {e}") from None
+
+
+def tp_clip_grad_norm_(model: nn.Module, max_norm: float | None, group=None) -> float:
+    """Clip the *global* gradient norm of a tensor-parallel model; returns the norm before clipping.
+
+    Sharded gradients contribute their squared norms summed over the ranks (an all-reduce);
+    replicated ones (identical on every rank) are counted once. Clipping with each rank's local
+    norm instead would scale the replicas differently and let them drift apart.
+    """
+    if max_norm is not None and (isinstance(max_norm, bool) or not isinstance(max_norm, (int, float))
+                                 or not max_norm > 0):
+        raise ValueError(f"max_norm must be a positive number or None, got {max_norm!r}")
+    specs = tp_shard_specs(model)
+    device = next(model.parameters()).device
+    sharded = torch.zeros((), device=device, dtype=torch.float32)
+    replicated = torch.zeros((), device=device, dtype=torch.float32)
+    for n, p in model.named_parameters():
+        if p.grad is None:
+            continue
+        sq = p.grad.detach().float().pow(2).sum()
+        if n in specs:
+            sharded += sq
+        else:
+            replicated += sq
+    _, world = _world(group)
+    if world > 1:
+        dist.all_reduce(sharded, group=group)
+    norm = float((sharded + replicated).sqrt())
+    if max_norm is not None and math.isfinite(norm) and norm > max_norm:
+        coef = max_norm / (norm + 1e-6)
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(coef)
+    return norm
+
+
 def tp_comm_bytes_per_layer(batch_size: int, seq_len: int, d_model: int, world_size: int,
                             bytes_per_element: int = 2, recompute: bool = False) -> dict[str, float]:
     """Tensor-parallel traffic of one transformer layer for one training step.
@@ -498,6 +621,8 @@ def gpipe_schedule(n_stages: int, n_micro: int, backward_cost: int = 2) -> list[
     Idle cells over all cells equals :func:`bubble_fraction`.
     """
     bubble_fraction(n_stages, n_micro)  # validates
+    if isinstance(backward_cost, bool) or not isinstance(backward_cost, int) or backward_cost < 1:
+        raise ValueError(f"backward_cost must be a positive int (ticks), got {backward_cost!r}")
     table: list[list[str]] = [[] for _ in range(n_stages)]
     for s in range(n_stages):
         table[s] += [""] * s + [f"F{m}" for m in range(n_micro)] + [""] * (n_stages - 1 - s)
@@ -550,6 +675,10 @@ def activation_bytes_per_layer(seq_len: int, micro_batch: int, d_model: int, n_h
     ``flash=True`` drops the ``5 a s / h`` term. ``recompute=True`` (full activation
     checkpointing, section 4) keeps only the layer input, ``2 s b h``.
     """
+    for name, v in (("seq_len", seq_len), ("micro_batch", micro_batch), ("d_model", d_model),
+                    ("n_heads", n_heads), ("tp", tp)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
     if recompute:
         return 2.0 * seq_len * micro_batch * d_model
     per = 10 + 24 / tp + (0 if flash else 5 * n_heads * seq_len / (d_model * tp))
