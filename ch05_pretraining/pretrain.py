@@ -47,9 +47,13 @@ What it does, step by step (Chapter 5 explains each piece):
   ``<|endoftext|>`` (its id is ``eot_id`` in ``OUT/data/*.json``).
 * **Resume.** ``--resume`` restores weights, optimizer, step, every rank's RNG state and the
   data position from ``OUT/ckpt.pt``; the following losses equal an uninterrupted run's.
+  Finished work is never replaced unasked: an ``OUT`` that already holds a run needs
+  ``--resume`` (continue it) or ``--overwrite`` (start again). A checkpoint whose bytes were
+  damaged fails its checksum (``shared.checkpoint``) instead of resuming with garbage.
 
-Exit status: 0 on success; 1 with a one-line ``pretrain.py: error: ...`` on bad arguments, a
-corrupt or mismatched checkpoint, or a NaN/inf loss.
+Exit status: 0 on success; 1 with a one-line ``pretrain.py: error: ...`` on bad arguments, an
+``OUT`` that holds a run already, a corrupt or mismatched checkpoint, a NaN/inf loss, or a
+lost worker (the message says to restart with ``--resume``); 130 when interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -115,8 +120,17 @@ class CLIError(ValueError):
     """A problem with the command line or the run directory, reported as one line."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """Under ``torchrun`` every rank parses the command line: only rank 0 prints help, usage
+    and argument errors (the others exit just the same, silently)."""
+
+    def _print_message(self, message, file=None):
+        if os.environ.get("RANK", "0") == "0":
+            super()._print_message(message, file)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="pretrain.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Flags left unset take their value from --profile (see PROFILE_DEFAULTS in the source).")
@@ -128,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "ignored for a single process")
     run.add_argument("--resume", action="store_true",
                      help="continue from OUT/ckpt.pt if it exists (else start at step 0)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start again in an OUT that already holds a run, replacing its metrics and checkpoint")
     run.add_argument("--profile", choices=("smoke", "default"), default=None,
                      help="size defaults; default: LLM_PROFILE / shared.runtime.PROFILE")
     run.add_argument("--device", choices=("cpu", "cuda"), default=None,
@@ -179,7 +195,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug-inject-spike-at", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--debug-hang-after", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--debug-exit-after", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--debug-kill-after", type=int, default=None, help=argparse.SUPPRESS)  # last rank SIGKILLs itself
     return p
+
+
+def check_out_dir(args: argparse.Namespace) -> None:
+    """Refuse an ``--out`` that cannot be a directory, or one holding a run that neither
+    ``--resume`` nor ``--overwrite`` was given for (raises :class:`CLIError`)."""
+    out = args.out
+    for parent in (out, *out.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise CLIError(f"--out {out}: {parent} is a file, not a directory; choose another --out")
+            break
+    if args.resume and args.overwrite:
+        raise CLIError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    ckpt, metrics = out / CKPT_NAME, out / METRICS_NAME
+    if args.resume or args.overwrite or not (ckpt.exists() or metrics.exists()):
+        return
+    what = []
+    if metrics.exists():
+        steps = [json.loads(line).get("step", -1) for line in metrics.read_text().splitlines() if line.strip()]
+        if steps:
+            what.append(f"metrics up to step {max(steps)}")
+    if ckpt.exists():
+        what.append(f"a checkpoint {ckpt.name}")
+    raise CLIError(f"--out {out} already holds a run ({' and '.join(what) or 'an empty metrics file'}). "
+                   "Add --resume to continue it (raise --max-steps to train further), --overwrite to "
+                   "start again and replace it, or choose another --out.")
 
 
 def resolve_args(args: argparse.Namespace, device: torch.device) -> argparse.Namespace:
@@ -431,6 +474,7 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
     from shared.hardware import device_name, mfu, peak_flops
     from shared.train import TrainConfig, configure_optimizer, estimate_loss, train_step
 
+    check_out_dir(args)
     args = resolve_args(args, info.device)
     strategy = args.strategy if info.distributed else "single"
     # Tensor parallelism splits the model, not the batch: every rank reads the whole batch.
@@ -514,6 +558,9 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
             torch.manual_seed(args.seed + 1000 * info.rank + start)
             log("note: the checkpoint was written with another world size: RNG streams re-seeded")
         log(f"resumed from {ckpt_path} at step {start}")
+        if start >= args.max_steps:
+            log(f"note: the run is already finished (step {start} >= --max-steps {args.max_steps}); "
+                "raise --max-steps to train further")
         del ckpt
     if info.is_main:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -657,6 +704,9 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
             t_last, cpu_last = time.perf_counter(), time.process_time()
         if stop_early:
             break
+        if args.debug_kill_after is not None and step + 1 >= args.debug_kill_after \
+                and info.rank == info.world_size - 1 and info.distributed:
+            os.kill(os.getpid(), signal.SIGKILL)  # a worker lost mid-run, for the tests
         if args.debug_hang_after is not None and step + 1 >= args.debug_hang_after:
             while True:  # a hung job, for the tests to SIGKILL mid-run
                 time.sleep(1)
@@ -693,6 +743,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not launched_by_torchrun():
         print("pretrain.py: not launched by torchrun: a single process (--strategy is ignored)", flush=True)
+    elif threading_main():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = run(args, info)
     except (ValueError, FloatingPointError, FileNotFoundError) as e:
@@ -704,11 +756,52 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pretrain.py: error{where}: {e}", file=sys.stderr, flush=True)
         teardown(info, barrier=False)
         return 1
+    except KeyboardInterrupt:
+        print(f"pretrain.py: interrupted. {_resume_hint(args)}", file=sys.stderr, flush=True)
+        teardown(info, barrier=False)
+        return 130
+    except (RuntimeError, _Terminated) as e:
+        if info.distributed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # torchrun's SIGTERM may follow: just exit
+        if not info.distributed or isinstance(e, torch.OutOfMemoryError):
+            teardown(info, barrier=False)
+            raise
+        # A collective failed or torchrun stopped us: almost always another worker died (killed,
+        # out of memory, a lost node). Say so in one line, not gloo's/NCCL's traceback.
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        print(f"pretrain.py: error (rank {info.rank}): lost contact with the other processes ({first}). "
+              f"A worker probably died or was killed. {_resume_hint(args)}", file=sys.stderr, flush=True)
+        teardown(info, barrier=False)
+        return 1
     except BaseException:
         teardown(info, barrier=False)
         raise
     teardown(info)  # barrier, then destroy the process group
+    if info.distributed:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return code
+
+
+class _Terminated(Exception):
+    """SIGTERM: torchrun stops the surviving workers when one of them fails."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # once: a second SIGTERM just ends the process
+    raise _Terminated("stopped by SIGTERM from the launcher")
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    ckpt = args.out / CKPT_NAME
+    if ckpt.exists():
+        return (f"The last checkpoint is {ckpt}: run the same command again with --resume to continue "
+                "from it.")
+    return "No checkpoint was written yet: run the same command again to start over."
+
+
+def threading_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

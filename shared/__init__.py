@@ -26,10 +26,8 @@ module                      what it holds (chapter)
 ``shared.finetune``         genre classification finetuning (7)
 ``shared.instruct``         instruction data, Alpaca format, loss masking, exact match (7)
 ``shared.lora``             LoRA from scratch (7)
-``shared.checks``           self-checks in exercise notebooks
-``shared.exercises``        generates exercise notebooks from solutions
-``shared.grade``            the autograder: ``python -m shared.grade NOTEBOOK...``
-``shared.notebooks``        maintainer tools (run, clean, setup cell, README table)
+``shared.checks``           self-checks, hints and hidden parameters in exercise notebooks (learners import it)
+``shared.course``           instructor/maintainer tooling: the grader, exercise generator, notebook tools
 ==========================  ===========================================================
 
 Each notebook cell that shows one of these components is tagged ``# shared: shared.x.y``,

@@ -42,8 +42,11 @@ def build_attention_mask(T: int, T_k: int, key_padding: torch.Tensor | None = No
     A model builds this once per forward and hands it to every layer.
 
     Raises:
-        ValueError: if ``key_padding`` does not cover ``T_k`` positions.
+        ValueError: if not ``1 <= T <= T_k``, if ``key_padding`` is not ``[B, T_k]``, or if it
+            holds values other than 0/1 (an additive ``0 / -inf`` mask would be read inverted).
     """
+    if not 1 <= T <= T_k:
+        raise ValueError(f"need 1 <= T <= T_k (queries are the last T of T_k positions), got T={T}, T_k={T_k}")
     if key_padding is None and (T == T_k or T == 1):
         return None
     q_pos = torch.arange(T_k - T, T_k, device=device)[:, None]  # [T, 1] absolute query positions
@@ -51,12 +54,22 @@ def build_attention_mask(T: int, T_k: int, key_padding: torch.Tensor | None = No
     allowed = k_pos <= q_pos                                     # [T, T_k] causal
     if key_padding is None:
         return allowed[None, None]
-    if key_padding.shape[-1] != T_k:
-        raise ValueError(f"attn_mask covers {key_padding.shape[-1]} positions, expected {T_k}")
+    if key_padding.dim() != 2 or key_padding.shape[-1] != T_k:
+        raise ValueError(f"attn_mask covers {key_padding.shape[-1]} positions, expected {T_k} "
+                         f"(a key-padding mask is [B, T_k]; got shape {tuple(key_padding.shape)})")
+    if key_padding.dtype != torch.bool and bool(((key_padding != 0) & (key_padding != 1)).any()):
+        raise ValueError("attn_mask must hold 1 (real token) and 0 (padding), or True/False; got other "
+                         "values (an additive 0/-inf mask? convert it with mask == 0)")
     # A padding query would see no key at all (softmax of all -inf = NaN, which then leaks
     # through 0 * NaN). Let every query see itself; padding outputs are ignored anyway.
     allowed = (allowed & key_padding.bool()[:, None, :]) | (k_pos == q_pos)  # [B, T, T_k]
     return allowed[:, None]
+
+
+def _check_sizes(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 class KVCache:
@@ -66,17 +79,39 @@ class KVCache:
     first :meth:`update`, with the dtype and device of the keys (so bf16 autocast just works).
     ``length`` is how many positions are stored; the model advances it after each forward.
 
+    The caller advances ``length`` once all layers have stored a chunk (``GPTModel`` does:
+    ``kv_cache.length += T``). A layer that stores twice at the same ``length`` means nobody
+    advanced it, and the second chunk would overwrite the first: :meth:`update` refuses.
+
     Args:
         n_layers: number of transformer blocks.
         max_len: capacity in positions (usually the model's ``context_length``).
+
+    Raises:
+        ValueError: if ``n_layers`` or ``max_len`` is not a positive int.
     """
 
     def __init__(self, n_layers: int, max_len: int):
+        for name, value in (("n_layers", n_layers), ("max_len", max_len)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.n_layers = n_layers
         self.max_len = max_len
         self.length = 0
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
+        self._stored = [0] * n_layers  # per layer: position up to which it has stored keys
+
+    @property
+    def length(self) -> int:
+        """Positions stored and complete in every layer (advance it after each forward)."""
+        return self._length
+
+    @length.setter
+    def length(self, value: int) -> None:
+        self._length = value
+        if hasattr(self, "_stored"):  # moving back (e.g. discarding rejected tokens) frees positions
+            self._stored = [min(s, value) for s in self._stored]
 
     def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store ``k_new, v_new`` (``[B, H, T, hd]``) after the cached positions of ``layer``.
@@ -85,18 +120,34 @@ class KVCache:
             all keys and values of that layer so far, ``[B, H, length + T, hd]`` (views).
 
         Raises:
-            ValueError: if the cache would overflow ``max_len``.
+            ValueError: if the cache would overflow ``max_len``; if ``layer`` is out of range;
+                if ``k_new``/``v_new`` are not the same ``[B, H, T, hd]`` shape, or do not fit
+                the buffers; or if ``layer`` already stored keys at ``length`` (nobody advanced
+                ``length`` after the previous forward: add ``T`` to it, as ``GPTModel`` does).
         """
+        if not (isinstance(layer, int) and 0 <= layer < self.n_layers):
+            raise ValueError(f"layer must be in 0..{self.n_layers - 1}, got {layer!r}")
+        if k_new.dim() != 4 or v_new.shape != k_new.shape:
+            raise ValueError(f"k_new and v_new must both be [B, H, T, hd], got {tuple(k_new.shape)} and "
+                             f"{tuple(v_new.shape)}")
         B, H, T, hd = k_new.shape
         end = self.length + T
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {self.length} cached + {T} new > max_len={self.max_len}")
+        if self._stored[layer] > self.length:
+            raise ValueError(f"KV cache: layer {layer} already stored positions {self.length}.."
+                             f"{self._stored[layer] - 1} and length was not advanced; after a forward "
+                             f"through every layer, add its T to kv_cache.length (GPTModel does this)")
+        if self.k is not None and (self.k.shape[1], self.k.shape[2], self.k.shape[4]) != (B, H, hd):
+            raise ValueError(f"k_new has B={B}, H={H}, hd={hd} but the cache holds B={self.k.shape[1]}, "
+                             f"H={self.k.shape[2]}, hd={self.k.shape[4]}; use a new cache")
         if self.k is None:
             shape = (self.n_layers, B, H, self.max_len, hd)
             self.k = torch.zeros(shape, dtype=k_new.dtype, device=k_new.device)
             self.v = torch.zeros(shape, dtype=v_new.dtype, device=v_new.device)
         self.k[layer, :, :, self.length:end] = k_new
         self.v[layer, :, :, self.length:end] = v_new
+        self._stored[layer] = end
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     def bytes(self) -> int:
@@ -118,15 +169,18 @@ class MultiHeadAttention(nn.Module):
             for the hand-written path taught in Chapter 3; both give the same result.
 
     Raises:
-        ValueError: if ``d_out`` is not divisible by ``n_heads``, or a sequence is longer
-            than ``context_length``.
+        ValueError: if a size is not a positive int, ``d_out`` is not divisible by ``n_heads``,
+            ``dropout`` is not in [0, 1), or a sequence is longer than ``context_length``.
     """
 
     def __init__(self, d_in: int, d_out: int, context_length: int, n_heads: int,
                  dropout: float = 0.0, qkv_bias: bool = False, use_sdpa: bool = True):
         super().__init__()
-        if n_heads < 1 or d_out % n_heads != 0:
+        _check_sizes(d_in=d_in, d_out=d_out, context_length=context_length)
+        if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1 or d_out % n_heads != 0:
             raise ValueError(f"d_out={d_out} must be divisible by n_heads={n_heads}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.d_out, self.n_heads, self.head_dim = d_out, n_heads, d_out // n_heads
         self.context_length = context_length
         self.dropout = dropout
@@ -155,9 +209,17 @@ class MultiHeadAttention(nn.Module):
             minus the padded ones.
 
         Raises:
-            ValueError: if ``T_past + T > context_length``, if ``attn_mask`` does not cover
-                ``T_past + T`` positions, or (from :meth:`KVCache.update`) if the cache is full.
+            ValueError: if ``x`` is not ``[B, T, d_in]``, if ``T_past + T > context_length``,
+                if ``attn_mask`` does not cover ``T_past + T`` positions, or (from
+                :meth:`KVCache.update`) if the cache is full or was not advanced.
+            TypeError: if a 4-D ``attn_mask`` is not boolean (a float 0/1 mask would be
+                *added* to the scores by SDPA, and causality would be lost).
         """
+        if x.dim() != 3 or x.size(-1) != self.qkv.in_features:
+            raise ValueError(f"x must be [B, T, d_in={self.qkv.in_features}], got shape {tuple(x.shape)}")
+        if attn_mask is not None and attn_mask.dim() == 4 and attn_mask.dtype != torch.bool:
+            raise TypeError(f"a 4-D attn_mask must be boolean (True = may attend), as build_attention_mask "
+                            f"returns; got {attn_mask.dtype}")
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split(self.d_out, dim=2)  # 3 x [B, T, d_out]
         # [B, T, d_out] -> [B, T, H, hd] -> [B, H, T, hd]: each head attends independently.

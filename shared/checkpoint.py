@@ -2,11 +2,18 @@
 
 A checkpoint is one ``torch.save`` file holding a plain dict::
 
-    {"format": "llm-course-checkpoint", "version": 1,
+    {"format": "llm-course-checkpoint", "version": 2,
      "model": state_dict, "optimizer": state_dict | None, "step": int,
      "config": GPTConfig.to_dict() | None,
      "rng": {"python": ..., "numpy": ..., "torch": ByteTensor, "cuda": [ByteTensor, ...]},
-     "extra": {...plain Python types: scheduler settings, data position, history...}}
+     "extra": {...plain Python types: scheduler settings, data position, history...},
+     "checksum": "sha256:<hex>"}
+
+The **checksum** is a SHA-256 over every key, tensor (dtype, shape and bytes) and value of
+the rest of the dict (:func:`payload_checksum`). ``torch.load`` notices a damaged zip, but
+not damaged tensor bytes inside an intact one: such a file would resume silently with
+garbage weights. :func:`load_checkpoint` recomputes the checksum and refuses a mismatch.
+Version-1 files (no checksum) still load.
 
 Everything in it is a tensor or a plain Python type, so it loads with
 ``torch.load(weights_only=True)``, which refuses to run code hidden in a pickle.
@@ -18,6 +25,7 @@ crash mid-write leaves the previous checkpoint intact, never a half-written file
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import tempfile
@@ -27,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "rng_state", "set_rng_state"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "rng_state", "set_rng_state", "payload_checksum"]
 
 FORMAT = "llm-course-checkpoint"
 
@@ -43,6 +51,42 @@ def _unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def payload_checksum(state: dict) -> str:
+    """``"sha256:<hex>"`` over ``state`` without its ``"checksum"`` key: every key, every
+    tensor's dtype, shape and bytes, every other value's ``repr``, in key order. Loading
+    gives back equal tensors, so the checksum of a loaded checkpoint equals the saved one.
+
+    Raises:
+        TypeError: if ``state`` is not a dict.
+    """
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a checkpoint dict, got {type(state).__name__}")
+    h = hashlib.sha256()
+
+    def feed(value) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            h.update(b"{")
+            for k in sorted(value, key=repr):
+                h.update(repr(k).encode())
+                feed(value[k])
+            h.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            h.update(b"[")
+            for v in value:
+                feed(v)
+            h.update(b"]")
+        else:
+            h.update(repr(value).encode())
+
+    feed({k: v for k, v in state.items() if k != "checksum"})
+    return "sha256:" + h.hexdigest()
+
+
 def rng_state() -> dict:
     """The Python, NumPy, torch CPU and CUDA random states, as tensors and plain types."""
     py = random.getstate()  # (version, tuple of 625 ints, gauss_next)
@@ -56,7 +100,13 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore states captured by :func:`rng_state` (CUDA only if present on both sides)."""
+    """Restore states captured by :func:`rng_state` (CUDA only if present on both sides).
+
+    Raises:
+        ValueError: if ``state`` is not a dict as :func:`rng_state` returns.
+    """
+    if not isinstance(state, dict) or not all(k in state for k in ("python", "numpy", "torch")):
+        raise ValueError("state must be the dict rng_state() returns (keys python, numpy, torch, cuda)")
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, gauss = state["numpy"]
@@ -81,16 +131,21 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer: tor
 
     Raises:
         ValueError: if ``step`` is negative.
+        TypeError: if ``model`` (or ``optimizer``) has no ``state_dict()``.
     """
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be an int >= 0, got {step!r}")
+    for name, obj in (("model", model), ("optimizer", optimizer)):
+        if obj is not None and not callable(getattr(obj, "state_dict", None)):
+            raise TypeError(f"{name} must have a state_dict() (an nn.Module / optimizer), got {type(obj).__name__}")
     model = _unwrap(model)
     if config is None and hasattr(model, "cfg") and hasattr(model.cfg, "to_dict"):
         config = model.cfg.to_dict()
-    state = {"format": FORMAT, "version": 1,
+    state = {"format": FORMAT, "version": 2,
              "model": model.state_dict(),
              "optimizer": optimizer.state_dict() if optimizer is not None else None,
              "step": int(step), "config": config, "rng": rng_state(), "extra": extra or {}}
+    state["checksum"] = payload_checksum(state)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -147,8 +202,9 @@ def load_checkpoint(path: str | os.PathLike, *, model: nn.Module | None = None,
     Raises:
         FileNotFoundError: if ``path`` does not exist.
         ValueError: ``"... is not a valid checkpoint ..."`` for a corrupt, truncated or foreign
-            file; a model mismatch names the missing, unexpected and mis-shaped keys; an
-            optimizer requested from a checkpoint saved without one.
+            file, or one whose tensors no longer match the stored checksum (damaged bytes);
+            a model mismatch names the missing, unexpected and mis-shaped keys; an optimizer
+            requested from a checkpoint saved without one.
     """
     path = Path(path)
     if not path.exists():
@@ -161,6 +217,10 @@ def load_checkpoint(path: str | os.PathLike, *, model: nn.Module | None = None,
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
         raise ValueError(f"{path} is not a valid checkpoint: expected a dict with format={FORMAT!r} "
                          "written by shared.checkpoint.save_checkpoint")
+    if "checksum" in ckpt and payload_checksum(ckpt) != ckpt["checksum"]:
+        raise ValueError(f"{path} is not a valid checkpoint: its contents do not match the checksum "
+                         "stored when it was saved (the file was damaged on disk or in transfer). "
+                         "Use an earlier checkpoint or start again.")
     if model is not None:
         _load_weights(model, ckpt, path)
     if optimizer is not None:

@@ -64,7 +64,12 @@ def markdown_to_text(markdown: str) -> tuple[str, str]:
 
         >>> markdown_to_text("# Macbeth\\n\\n## ACT I\\n\\n_Thunder_\\n\\n**First Witch**  \\nWhen shall we three meet again  \\n")
         ('Macbeth', 'First Witch:\\nWhen shall we three meet again\\n')
+
+    Raises:
+        TypeError: if ``markdown`` is not a str.
     """
+    if not isinstance(markdown, str):
+        raise TypeError(f"markdown must be a str, got {type(markdown).__name__}")
     title = ""
     speeches: list[list[str]] = []
     in_direction = False
@@ -158,9 +163,12 @@ def num_windows(n_tokens: int, context_length: int, stride: int) -> int:
         num_windows = (n_tokens - context_length - 1) // stride + 1     (0 if too few tokens)
 
     Raises:
-        ValueError: if ``context_length`` or ``stride`` is below 1.
+        ValueError: if ``context_length`` or ``stride`` is below 1, or ``n_tokens`` is not an
+            integer >= 0.
     """
     _check_positive(context_length=context_length, stride=stride)
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, (int, np.integer)) or n_tokens < 0:
+        raise ValueError(f"n_tokens must be an integer >= 0, got {n_tokens!r}")
     if n_tokens < context_length + 1:
         return 0
     return (n_tokens - context_length - 1) // stride + 1
@@ -178,7 +186,12 @@ def _as_token_array(token_ids) -> np.ndarray:
                          f"got shape {arr.shape} and dtype {arr.dtype}")
     if arr.dtype.kind == "i" and arr.size and int(arr.min()) < 0:
         raise ValueError(f"token ids must be >= 0, found {int(arr.min())}")
+    if arr.dtype == np.uint64 and arr.size and int(arr.max()) > _INT64_MAX:
+        raise ValueError(f"token id {int(arr.max())} does not fit in int64 (torch.long): a corrupt token file?")
     return arr
+
+
+_INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 class GPTDataset(Dataset):
@@ -270,25 +283,46 @@ def write_token_file(path: str | os.PathLike, token_ids, vocab_size: int | None 
         token_ids: a sequence or 1-D array of non-negative ints.
         vocab_size: if given, used to pick the dtype and to validate the ids.
 
+    The file is readable by everyone (mode 0644, like any file a program writes), so a run
+    folder can be shared.
+
     Raises:
-        ValueError: if ``token_ids`` is empty, not 1-D, negative, or ``>= vocab_size``.
+        ValueError: if ``token_ids`` is empty, not 1-D, not integers (floats are never
+            truncated silently), negative, ``>= vocab_size`` or ``>= 2**32``; if ``vocab_size``
+            is not a positive int; or if ``path``'s parent is a file.
     """
+    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer))
+                                   or vocab_size < 1):
+        raise ValueError(f"vocab_size must be a positive int or None, got {vocab_size!r}")
+    if isinstance(token_ids, torch.Tensor):
+        token_ids = token_ids.detach().cpu().numpy()
     arr = np.asarray(token_ids)
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"token_ids must be a non-empty 1-D sequence, got shape {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"token_ids must be integers, got dtype {arr.dtype} (e.g. {arr[0]!r}); "
+                         "float ids would be truncated")
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0:
         raise ValueError(f"token ids must be >= 0, found {lo}")
     limit = vocab_size if vocab_size is not None else hi + 1
     if hi >= limit:
         raise ValueError(f"token id {hi} is >= vocab_size={vocab_size}")
+    if limit > 2**32:
+        raise ValueError(f"token ids must be < 2**32 (uint32 files), got vocab_size / largest id + 1 = {limit}")
     dtype = np.uint16 if limit <= 2**16 else np.uint32
     path = Path(path)
     if path.suffix != ".npy":
         path = path.with_name(path.name + ".npy")
+    for parent in (path.parent, *path.parent.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"cannot write {path}: {parent} is a file, not a directory")
+            break
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a token file is data others may read
         with os.fdopen(fd, "wb") as f:
             np.save(f, arr.astype(dtype, copy=False))
         os.replace(tmp, path)  # atomic: readers never see a half-written file
@@ -301,12 +335,22 @@ def write_token_file(path: str | os.PathLike, token_ids, vocab_size: int | None 
 def open_token_file(path: str | os.PathLike) -> np.ndarray:
     """Memory-map a token file written by :func:`write_token_file` (read-only, no copy).
 
+    ``path`` may leave out the ``.npy`` that :func:`write_token_file` appends.
+
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: if it is not a 1-D unsigned-integer array.
+        ValueError: if it is not a ``.npy`` file of a 1-D unsigned-integer array.
     """
-    arr = np.load(path, mmap_mode="r")
-    if arr.ndim != 1 or arr.dtype.kind != "u":
+    path = Path(path)
+    if not path.exists() and path.suffix != ".npy" and path.with_name(path.name + ".npy").exists():
+        path = path.with_name(path.name + ".npy")  # the name write_token_file gave it
+    if not path.exists():
+        raise FileNotFoundError(f"no token file at {path}")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path} is not a token file (.npy written by write_token_file): {e}") from None
+    if not isinstance(arr, np.ndarray) or arr.ndim != 1 or arr.dtype.kind != "u":
         raise ValueError(f"{path} is not a token file (shape {arr.shape}, dtype {arr.dtype})")
     return arr
 
@@ -324,9 +368,16 @@ def sample_windows(tokens: np.ndarray, batch_size: int, context_length: int,
 
     Raises:
         ValueError: if ``batch_size`` or ``context_length`` is below 1, the range is not
-            ``0 <= start < end <= len(tokens)``, or it holds fewer than ``context_length + 1`` tokens.
+            ``0 <= start < end <= len(tokens)``, it holds fewer than ``context_length + 1`` tokens,
+            ``tokens`` is not a 1-D integer array, or a drawn window holds a negative id (or a
+            ``uint64`` id too large for int64). Only the drawn windows are checked, so a
+            memory-mapped file is never scanned whole.
     """
     _check_positive(batch_size=batch_size, context_length=context_length)
+    dtype = getattr(tokens, "dtype", None)
+    if dtype is None or getattr(tokens, "ndim", 1) != 1 or np.dtype(dtype).kind not in "iu":
+        raise ValueError(f"tokens must be a 1-D integer array (e.g. open_token_file(path)), got "
+                         f"{type(tokens).__name__} of dtype {dtype}")
     end = len(tokens) if end is None else end
     if not 0 <= start < end <= len(tokens):
         raise ValueError(f"need 0 <= start < end <= len(tokens) = {len(tokens)}, got start={start}, end={end}")
@@ -334,8 +385,11 @@ def sample_windows(tokens: np.ndarray, batch_size: int, context_length: int,
     if n < context_length + 1:
         raise ValueError(f"need at least context_length + 1 = {context_length + 1} tokens, have {n}")
     offsets = torch.randint(0, n - context_length, (batch_size,), generator=generator) + start
-    windows = np.stack([np.asarray(tokens[o:o + context_length + 1], dtype=np.int64) for o in offsets.tolist()])
-    batch = torch.from_numpy(windows)
+    raw = np.stack([np.asarray(tokens[o:o + context_length + 1]) for o in offsets.tolist()])
+    if (raw.dtype.kind == "i" and int(raw.min()) < 0) or (raw.dtype == np.uint64 and int(raw.max()) > _INT64_MAX):
+        bad = int(raw.min()) if raw.dtype.kind == "i" else int(raw.max())
+        raise ValueError(f"tokens hold an invalid token id {bad} (negative, or too large for int64)")
+    batch = torch.from_numpy(raw.astype(np.int64, copy=False))
     x, y = batch[:, :-1], batch[:, 1:]
     if device is not None:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -45,8 +45,14 @@ def starting_model(use_gpt2: bool = False, device: torch.device | str | None = N
     it tries OpenAI's GPT-2 124M through :func:`shared.weights.load_gpt2` (a download of
     ~500 MB the first time); when the Hub cannot be reached it says so and falls back to the
     course GPT, so a notebook always runs.
+
+    Raises:
+        TypeError: if ``use_gpt2`` is not a bool.
     """
     from shared.runtime import DEVICE
+
+    if not isinstance(use_gpt2, bool):
+        raise TypeError(f"use_gpt2 must be True or False, got {use_gpt2!r}")
 
     device = torch.device(device) if device is not None else DEVICE
     if use_gpt2:
@@ -172,6 +178,8 @@ def strip_speaker_lines(text: str) -> str:
         >>> strip_speaker_lines("MACBETH:\\nSo foul and fair a day:\\n\\nFirst Witch:\\nHail!")
         'So foul and fair a day:\\nHail!'
     """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
     out, prev_blank = [], True
     for ln in text.splitlines():
         is_tag = prev_blank and SPEAKER_TAG.match(ln) is not None and len(ln.split()) <= 4
@@ -189,8 +197,12 @@ def cut_passages(text: str, n_passages: int, min_chars: int = 300,
     reaches ``min_chars`` characters. Starts are drawn without replacement where possible.
 
     Raises:
-        ValueError: if ``text`` has no speech long enough.
+        ValueError: if ``text`` has no speech long enough, or ``n_passages`` / ``min_chars`` is not
+            a positive int.
     """
+    for name, value in (("n_passages", n_passages), ("min_chars", min_chars)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
     rng = rng or random.Random(0)
     lines = text.splitlines()
     starts = [i for i, ln in enumerate(lines) if ln.endswith(":") and ln[:-1].isupper()]
@@ -226,6 +238,10 @@ class Passage:
     label: int
     slug: str
     text: str
+
+    def __post_init__(self) -> None:
+        if isinstance(self.label, bool) or not isinstance(self.label, int) or self.label < 0:
+            raise ValueError(f"label must be a class index >= 0, got {self.label!r}")
 
 
 def make_genre_dataset(encode: Callable[[str], list[int]], plays: Sequence[Play], passages_per_class: int,
@@ -470,7 +486,17 @@ def train_classifier(clf: GPTClassifier, data: Sequence[Passage], *, steps: int,
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> torch.Tensor:
-    """``[n_classes, n_classes]`` counts; row = true label, column = predicted label."""
+    """``[n_classes, n_classes]`` counts; row = true label, column = predicted label.
+
+    Raises:
+        ValueError: if ``y_true`` and ``y_pred`` differ in length, or a label is outside
+            ``0 .. n_classes - 1``.
+    """
+    y_true, y_pred = [int(t) for t in y_true], [int(p) for p in y_pred]
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"y_true has {len(y_true)} labels but y_pred has {len(y_pred)}")
+    if any(not 0 <= v < n_classes for v in y_true + y_pred):
+        raise ValueError(f"labels must be in 0..n_classes - 1 = {n_classes - 1}, got {sorted(set(y_true + y_pred))}")
     cm = torch.zeros(n_classes, n_classes, dtype=torch.long)
     for t, p in zip(y_true, y_pred):
         cm[t, p] += 1
@@ -519,7 +545,13 @@ _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 
 def bag_of_words(text: str) -> list[str]:
-    """Lower-cased words of ``text`` (letters with an inner apostrophe): ``"O, I'll go!"`` -> ``["o", "i'll", "go"]``."""
+    """Lower-cased words of ``text`` (letters with an inner apostrophe): ``"O, I'll go!"`` -> ``["o", "i'll", "go"]``.
+
+    Raises:
+        TypeError: if ``text`` is not a str.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
     return _WORD.findall(text.lower())
 
 
@@ -591,7 +623,13 @@ class NaiveBayesClassifier:
         return self
 
     def log_posterior(self, texts: Sequence[str]) -> np.ndarray:
-        """Unnormalised ``log P(y | text)``, ``[N, n_classes]``."""
+        """Unnormalised ``log P(y | text)``, ``[N, n_classes]``.
+
+        Raises:
+            ValueError: if the classifier has not been fitted yet.
+        """
+        if not hasattr(self, "log_p_word"):
+            raise ValueError("NaiveBayesClassifier is not fitted yet: call fit(texts, labels) first")
         return self._counts(texts) @ self.log_p_word.T + self.log_prior
 
     def predict(self, texts: Sequence[str]) -> list[int]:

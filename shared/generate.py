@@ -37,6 +37,7 @@ import codecs
 import math
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 
 __all__ = ["generate", "generate_tokens", "generate_text", "stream", "apply_temperature",
@@ -113,13 +114,27 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     the renormalised softmax with ``torch.multinomial``. A ``generator`` on another device
     than ``logits`` (e.g. a CPU generator for CUDA logits) is honoured by drawing on its device.
 
+    A row's logits are shifted so that its largest is 0 before dividing by the temperature
+    (softmax does not change), so even ``temperature=1e-45`` gives a valid distribution
+    (the argmax) instead of ``inf / inf = NaN``.
+
     Raises:
-        ValueError: for temperature < 0, top_k < 1 or top_p outside (0, 1].
+        ValueError: for temperature < 0, top_k < 1 or top_p outside (0, 1]; for ``logits``
+            that are not ``[B, V]``, hold a NaN, or have a row with no finite value (every
+            token masked to ``-inf``: there is nothing to sample).
     """
     _check_sampling_args(temperature, top_k, top_p)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.size(-1) == 0:
+        raise ValueError(f"logits must be a [B, V] tensor, got {getattr(logits, 'shape', type(logits).__name__)}")
+    bad = torch.isnan(logits).any(-1) | ~torch.isfinite(logits).any(-1)  # [B]
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(f"logits row {row} holds a NaN or no finite value (every token is -inf): "
+                         "nothing can be sampled")
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = apply_temperature(logits.float(), temperature)
+    logits = logits.float()
+    logits = apply_temperature(logits - logits.amax(dim=-1, keepdim=True), temperature)  # max 0: no inf/inf
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     if top_p is not None:
@@ -141,10 +156,23 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0,
         ``idx: LongTensor[B, T_max]`` and ``attention_mask: LongTensor[B, T_max]`` (1 = real).
 
     Raises:
-        ValueError: if there are no prompts or one of them is empty.
+        ValueError: if there are no prompts, one of them is empty, or ``pad_id`` is negative.
+        TypeError: if a prompt is a string or holds a non-integer id, or ``pad_id`` is not an int.
     """
+    if isinstance(prompts, (str, bytes)) or any(isinstance(p, (str, bytes)) for p in prompts):
+        raise TypeError("prompts must be sequences of token ids (encode the text first), not strings")
     if len(prompts) == 0 or any(len(p) == 0 for p in prompts):
         raise ValueError("left_pad needs at least one prompt, and every prompt needs >= 1 token")
+    if isinstance(pad_id, bool) or not isinstance(pad_id, int):
+        raise TypeError(f"pad_id must be an int, got {pad_id!r}")
+    if pad_id < 0:
+        raise ValueError(f"pad_id must be a token id >= 0, got {pad_id}")
+    for p in prompts:
+        if isinstance(p, torch.Tensor):
+            if p.is_floating_point() or p.dtype == torch.bool:
+                raise TypeError(f"prompts must hold int token ids, got a {p.dtype} tensor")
+        elif any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) for i in p):
+            raise TypeError(f"prompts must hold int token ids, got {list(p)[:8]!r}")
     T = max(len(p) for p in prompts)
     idx = torch.full((len(prompts), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), T), dtype=torch.long)
@@ -176,10 +204,12 @@ def generate_tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: 
                     attention_mask: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The decoding loop, one step at a time: yields ``(next_ids [B], logits [B, V])``.
 
-    Same arguments and rules as :func:`generate` (which validates them). ``logits`` are the
-    raw next-token logits the step sampled from. The model is put in eval mode while the
-    iterator runs and restored afterwards.
+    Same arguments, rules and errors as :func:`generate`. ``logits`` are the raw next-token
+    logits the step sampled from. The model is put in eval mode while the iterator runs and
+    restored afterwards. ``idx`` must already be on the model's device.
     """
+    _check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, attention_mask)
+    _check_eos(eos_id, model)
     ctx = model.cfg.context_length
     seq = idx[:, -ctx:]  # crop from the left: the model sees at most ctx tokens
     mask = None if attention_mask is None else attention_mask[:, -ctx:].bool()
@@ -238,6 +268,19 @@ def _check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, 
             raise ValueError("attention_mask must be left-padded: zeros, then ones, in every row (see left_pad)")
     if not hasattr(model, "cfg") or not hasattr(model, "new_kv_cache"):
         raise ValueError("model must be a shared.model.GPTModel (needs .cfg and .new_kv_cache())")
+    vocab_size = getattr(model.cfg, "vocab_size", None)
+    if isinstance(vocab_size, int) and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= vocab_size):
+        bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
+        raise ValueError(f"idx holds token id {bad}, outside [0, vocab_size={vocab_size}) of the model")
+
+
+def _check_eos(eos_id, model) -> None:
+    if eos_id is None:
+        return
+    vocab_size = getattr(getattr(model, "cfg", None), "vocab_size", None)
+    if isinstance(eos_id, bool) or not isinstance(eos_id, int) or eos_id < 0 or (
+            isinstance(vocab_size, int) and eos_id >= vocab_size):
+        raise ValueError(f"eos_id must be None or a token id in [0, vocab_size={vocab_size}), got {eos_id!r}")
 
 
 def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
@@ -263,17 +306,22 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
         generator: a seeded ``torch.Generator`` makes sampling reproducible.
         attention_mask: ``[B, T]`` 1 for real tokens, 0 for left padding (see
             :func:`left_pad`); positions then count from each row's first real token, so
-            each row gets the same tokens as when generated alone.
+            each row sees the same next-token distributions as when generated alone (up to
+            float rounding). Greedy decoding therefore gives each row the tokens it gets alone;
+            *sampled* rows draw from one shared random stream, so their tokens differ from a
+            row sampled on its own with the same seed.
 
     Raises:
         ValueError: temperature < 0, top_k < 1, top_p outside (0, 1], max_new_tokens < 0, an
-            ``idx`` that is not ``[B, T >= 1]`` long, or a mask that is not left padding.
+            ``idx`` that is not ``[B, T >= 1]`` long or holds ids outside ``[0, vocab_size)``,
+            an ``eos_id`` that is not such an id, or a mask that is not left padding.
 
     Example::
 
         >>> out = generate(model, torch.tensor([[50256]]), 20, temperature=0.8, top_k=50)  # doctest: +SKIP
     """
     _check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, attention_mask)
+    _check_eos(eos_id, model)
     device = _model_device(model)
     idx = idx.to(device)
     if attention_mask is not None:
@@ -287,7 +335,13 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
 
 def find_eos_id(tokenizer) -> int | None:
     """The id of ``<|endoftext|>`` for a tiktoken ``Encoding`` or a course ``BPETokenizer``
-    (None if the tokenizer has no such token)."""
+    (None if the tokenizer has no such token).
+
+    Raises:
+        TypeError: if ``tokenizer`` has no ``encode`` method.
+    """
+    if not callable(getattr(tokenizer, "encode", None)):
+        raise TypeError(f"tokenizer must have an encode() method, got {type(tokenizer).__name__}")
     eot = getattr(tokenizer, "eot_token", None)  # tiktoken
     if isinstance(eot, int):
         return eot
@@ -313,6 +367,8 @@ def _decode(tokenizer, ids: list[int]) -> str:
 
 
 def _prompt_ids(model, tokenizer, prompt: str, eos_id) -> torch.Tensor:
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
     ids = tokenizer.encode(prompt)
     if not ids:
         if eos_id is None:

@@ -39,7 +39,7 @@ import torch
 
 from shared.tokenizer import GPT2_PATTERN, BPETokenizer
 
-__all__ = ["dequantize", "unpermute_qk", "read_gguf", "load_gguf", "GGUFTokenizer",
+__all__ = ["dequantize", "unpermute_qk", "read_gguf", "load_gguf", "load_from_reader", "GGUFTokenizer",
            "bytes_to_unicode", "BLOCK_BYTES"]
 
 QK = 32  # weights per block in every format below
@@ -202,9 +202,13 @@ def load_gguf(path: str | os.PathLike):
             quantisation type other than F32/F16/Q8_0/Q4_0/Q4_1 (named, with the tensor), or a
             tensor missing or of the wrong shape.
     """
+    return load_from_reader(read_gguf(path), path)
+
+
+def load_from_reader(reader, path: str | os.PathLike = "<gguf>"):
+    """:func:`load_gguf` for a file already opened with :func:`read_gguf` (``path`` names it in errors)."""
     from shared.llama import _empty_model, _load_named
 
-    reader = read_gguf(path)
     cfg = _config_from_gguf(reader, path)
     tensors = {}
     for t in reader.tensors:

@@ -37,8 +37,15 @@ _DTYPE_KEY = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp3
 
 
 def device_name(device: torch.device | str | None = None) -> str:
-    """Human-readable name of ``device`` (e.g. ``"NVIDIA H100 80GB HBM3"`` or ``"cpu"``)."""
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    """Human-readable name of ``device`` (e.g. ``"NVIDIA H100 80GB HBM3"`` or ``"cpu"``).
+
+    Raises:
+        ValueError: if ``device`` is not a device string or ``torch.device``.
+    """
+    try:
+        device = torch.device(device) if device is not None else torch.device("cpu")
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a device (try 'cpu', 'cuda' or 'mps')") from None
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return device.type
@@ -52,7 +59,12 @@ def peak_flops(device: torch.device | str | None = None, dtype: torch.dtype = to
     (``torch.set_float32_matmul_precision("high")``), the TF32 peak is the relevant one.
 
     Example: on an H100 SXM, ``peak_flops("cuda", torch.bfloat16) == 989e12``.
+
+    Raises:
+        TypeError: if ``dtype`` is not a ``torch.dtype``. ValueError: as :func:`device_name`.
     """
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype such as torch.bfloat16, got {dtype!r}")
     name = device_name(device)
     key = _DTYPE_KEY.get(dtype, "fp32")
     if key == "fp32" and name != "cpu" and torch.backends.cuda.matmul.allow_tf32:
@@ -65,7 +77,17 @@ def peak_flops(device: torch.device | str | None = None, dtype: torch.dtype = to
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak: float | None) -> float | None:
-    """Model FLOPs utilisation in [0, 1], or ``None`` when the peak is unknown."""
+    """Model FLOPs utilisation in [0, 1], or ``None`` when the peak is unknown.
+
+    Raises:
+        ValueError: if ``tokens_per_s`` is negative, ``flops_per_token`` is not positive, or
+            ``peak`` is negative.
+    """
+    for name, value, ok in (("tokens_per_s", tokens_per_s, tokens_per_s >= 0),
+                            ("flops_per_token", flops_per_token, flops_per_token > 0),
+                            ("peak", peak, peak is None or peak >= 0)):
+        if not ok:
+            raise ValueError(f"{name} must be {'> 0' if name == 'flops_per_token' else '>= 0'}, got {value}")
     if not peak:
         return None
     return tokens_per_s * flops_per_token / peak

@@ -244,9 +244,22 @@ def eos_token_id(tokenizer) -> int:
     return eos
 
 
+def _check_record(record) -> None:
+    if not isinstance(record, dict) or not isinstance(record.get("instruction"), str):
+        raise ValueError(f"record must be a dict with an 'instruction' string, got {record!r:.80}")
+
+
 def encode_example(tokenizer, record: dict, preamble: bool = True) -> tuple[list[int], list[int]]:
-    """``(prompt_ids, response_ids)``: the Alpaca prompt, and the answer followed by ``<|endoftext|>``."""
-    return tokenizer.encode(format_prompt(record, preamble)), tokenizer.encode(record["output"]) + [eos_token_id(tokenizer)]
+    """``(prompt_ids, response_ids)``: the Alpaca prompt, and the answer followed by ``<|endoftext|>``.
+
+    Raises:
+        ValueError: if ``record`` lacks an ``instruction`` or an ``output`` string.
+    """
+    _check_record(record)
+    prompt = format_prompt(record, preamble)
+    if not isinstance(record.get("output"), str):
+        raise ValueError(f"record needs an 'output' string (the answer to learn), got {record!r:.80}")
+    return tokenizer.encode(prompt), tokenizer.encode(record["output"]) + [eos_token_id(tokenizer)]
 
 
 def instruction_collate(batch: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int,
@@ -304,7 +317,15 @@ def greedy_generate(model: nn.Module, ids: Sequence[int], max_new_tokens: int, e
 
     Uses ``shared.generate.generate`` (Chapter 6: temperature 0, KV cache). The prompt is cut
     from the left to leave room for the answer.
+
+    Raises:
+        ValueError: if ``ids`` is empty or ``max_new_tokens`` is not an int >= 0 (and as
+            ``shared.generate.generate``).
     """
+    if len(ids) == 0:
+        raise ValueError("ids must hold at least one prompt token")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     keep = max(1, model.cfg.context_length - max_new_tokens)
     ids = list(ids)[-keep:]
     idx = torch.tensor([ids], dtype=torch.long)
@@ -313,7 +334,12 @@ def greedy_generate(model: nn.Module, ids: Sequence[int], max_new_tokens: int, e
 
 
 def answer(model: nn.Module, tokenizer, record: dict, max_new_tokens: int = 16, preamble: bool = True) -> str:
-    """The model's greedy answer to ``record``'s Alpaca prompt, stripped of whitespace."""
+    """The model's greedy answer to ``record``'s Alpaca prompt, stripped of whitespace.
+
+    Raises:
+        ValueError: if ``record`` has no ``instruction`` string.
+    """
+    _check_record(record)
     ids = tokenizer.encode(format_prompt(record, preamble))
     new = greedy_generate(model, ids, max_new_tokens, eos_token_id(tokenizer))
     return tokenizer.decode(new).strip()
@@ -365,7 +391,11 @@ def format_few_shot(record: dict, shots: Sequence[dict]) -> str:
         Output: 2
         Input: 2 + 3
         Output:
+
+    Raises:
+        ValueError: if ``record`` has no ``instruction`` string.
     """
+    _check_record(record)
     lines = [record["instruction"]]
     for shot in shots:
         lines += [f"Input: {shot['input']}", f"Output: {shot['output']}"]

@@ -174,9 +174,18 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
     Their names are the model's own (``blocks.0.attn.qkv.lora_A``), so the file is tiny and
     only loads into a model of the same architecture with LoRA applied the same way.
+
+    Raises:
+        TypeError: if ``model`` is not an ``nn.Module``.
+        ValueError: if it has no LoRA layers (an empty adapter file would be saved silently).
     """
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
-            if k.endswith((".lora_A", ".lora_B"))}
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+          if k.endswith((".lora_A", ".lora_B"))}
+    if not sd:
+        raise ValueError("model has no LoRA layers: call apply_lora(model, rank, alpha, ...) first")
+    return sd
 
 
 def load_lora_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> nn.Module:
@@ -187,9 +196,7 @@ def load_lora_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> nn.Mo
             was not applied, or to other modules), misses one of the model's adapter keys, or
             has a tensor whose shape differs (e.g. another rank or model width).
     """
-    own = lora_state_dict(model)
-    if not own:
-        raise ValueError("model has no LoRA layers: call apply_lora(model, rank, alpha, ...) first")
+    own = lora_state_dict(model)  # raises if the model has no LoRA layers
     if not sd:
         raise ValueError("adapter state dict is empty")
     for key, value in sd.items():
@@ -210,5 +217,11 @@ def load_lora_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> nn.Mo
 
 
 def count_trainable(model: nn.Module) -> int:
-    """Number of parameters with ``requires_grad=True`` (tied tensors counted once)."""
+    """Number of parameters with ``requires_grad=True`` (tied tensors counted once).
+
+    Raises:
+        TypeError: if ``model`` is not an ``nn.Module``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

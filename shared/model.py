@@ -44,6 +44,11 @@ PRESETS: dict[str, dict] = {
 class GPTConfig:
     """Hyper-parameters of a GPT. Validated on creation.
 
+    ``GPTConfig()`` has GPT-2 small's sizes but **no QKV bias** (``qkv_bias=False``, the
+    course's from-scratch default, as in nanoGPT's ``bias=False`` option): its parameter count
+    is GPT-2 small's minus ``12 * 3 * 768`` biases, and GPT-2's weights do not load into it.
+    For GPT-2 itself use ``GPTConfig.from_preset("gpt2-small")`` (``qkv_bias=True``).
+
     Attributes:
         vocab_size: number of token ids (GPT-2: 50257).
         context_length: longest sequence, in tokens (GPT-2: 1024).
@@ -51,7 +56,7 @@ class GPTConfig:
         n_heads: attention heads per block; must divide ``d_model``.
         n_layers: number of transformer blocks.
         dropout: dropout probability on embeddings, attention weights and residual branches.
-        qkv_bias: bias in the query/key/value projection (GPT-2: True).
+        qkv_bias: bias in the query/key/value projection (GPT-2: True; default False).
 
     Raises:
         ValueError: for non-positive sizes, ``d_model % n_heads != 0``, dropout outside [0, 1)
@@ -112,11 +117,17 @@ class LayerNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-5):
         super().__init__()
+        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
+            raise ValueError(f"d_model must be a positive int, got {d_model!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+            raise ValueError(f"eps must be a number > 0, got {eps!r}")
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d_model))
         self.bias = nn.Parameter(torch.zeros(d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.size(-1) != self.weight.numel():
+            raise ValueError(f"x must be [..., d_model={self.weight.numel()}], got shape {tuple(x.shape)}")
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
 
 
@@ -125,6 +136,8 @@ class GELU(nn.Module):
     ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``. Shape-preserving."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a tensor, got {type(x).__name__}")
         return F.gelu(x, approximate="tanh")
 
 
@@ -133,11 +146,15 @@ class FeedForward(nn.Module):
 
     def __init__(self, d_model: int):
         super().__init__()
+        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
+            raise ValueError(f"d_model must be a positive int, got {d_model!r}")
         self.fc = nn.Linear(d_model, 4 * d_model)  # expand: room for features
         self.act = GELU()
         self.proj = nn.Linear(4 * d_model, d_model)  # back into the residual stream
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.size(-1) != self.fc.in_features:
+            raise ValueError(f"x must be [..., d_model={self.fc.in_features}], got shape {tuple(x.shape)}")
         return self.proj(self.act(self.fc(x)))
 
 
@@ -150,6 +167,8 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
+        if not isinstance(cfg, GPTConfig):
+            raise TypeError(f"cfg must be a GPTConfig, got {type(cfg).__name__} (write GPTConfig(**d))")
         self.ln1 = LayerNorm(cfg.d_model)
         self.attn = MultiHeadAttention(cfg.d_model, cfg.d_model, cfg.context_length, cfg.n_heads,
                                        dropout=cfg.dropout, qkv_bias=cfg.qkv_bias)
@@ -164,6 +183,22 @@ class TransformerBlock(nn.Module):
         return x
 
 
+def _check_token_range(idx: torch.Tensor, vocab_size: int) -> None:
+    """Token ids must lie in ``[0, vocab_size)``: out of range, ``nn.Embedding`` fails with a bare
+    ``IndexError`` on the CPU and a device-side assert on CUDA. The CPU check is exact; on CUDA
+    an asynchronous assert avoids a host sync on every forward pass."""
+    if idx.numel() == 0 or idx.is_meta or torch.compiler.is_compiling():
+        return
+    if idx.device.type == "cuda":
+        torch._assert_async(((idx >= 0) & (idx < vocab_size)).all(),
+                            f"idx holds token ids outside [0, vocab_size={vocab_size})")
+        return
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"idx holds token id {lo if lo < 0 else hi}, outside [0, vocab_size={vocab_size}); "
+                         "was the text encoded with another tokenizer?")
+
+
 class GPTModel(nn.Module):
     """A GPT-2-style decoder-only language model.
 
@@ -175,12 +210,15 @@ class GPTModel(nn.Module):
     memory, one more forward of compute, the same results. Chapter 5b measures it.
 
     Raises:
-        ValueError: if ``idx`` is not an integer ``[B, T]`` tensor, or ``T`` (plus any cached
-            positions) exceeds ``cfg.context_length``.
+        TypeError: if ``cfg`` is not a :class:`GPTConfig`.
+        ValueError: if ``idx`` is not a ``[B, T]`` tensor of ``torch.long`` (or int32) ids in
+            ``[0, vocab_size)``, or ``T`` (plus any cached positions) exceeds ``cfg.context_length``.
     """
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
+        if not isinstance(cfg, GPTConfig):
+            raise TypeError(f"cfg must be a GPTConfig, got {type(cfg).__name__} (write GPTConfig(**d))")
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.d_model)
@@ -220,8 +258,9 @@ class GPTModel(nn.Module):
         """
         if idx.dim() != 2:
             raise ValueError(f"idx must be [B, T], got shape {tuple(idx.shape)}")
-        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+        if idx.dtype not in (torch.long, torch.int32):  # what nn.Embedding takes; uint8 would wrap
             raise ValueError(f"idx must hold integer token ids (torch.long), got dtype {idx.dtype}")
+        _check_token_range(idx, self.cfg.vocab_size)
         B, T = idx.shape
         past = kv_cache.length if kv_cache is not None else 0
         if past + T > self.cfg.context_length:
@@ -257,7 +296,12 @@ class GPTModel(nn.Module):
 
         ``non_embedding=True`` leaves out the token and position embeddings (Kaplan et al.'s
         ``N``). With weight tying the LM head *is* the token embedding, so it goes too.
+
+        Raises:
+            TypeError: if ``non_embedding`` is not a bool.
         """
+        if not isinstance(non_embedding, bool):
+            raise TypeError(f"non_embedding must be True or False, got {non_embedding!r}")
         n = sum(p.numel() for p in self.parameters())  # parameters() de-duplicates tied tensors
         if non_embedding:
             n -= self.tok_emb.weight.numel() + self.pos_emb.weight.numel()
@@ -268,10 +312,18 @@ class GPTModel(nn.Module):
 
         ``6 * N + 12 * n_layers * seq_len * d_model`` (PaLM, appendix B), where ``N`` counts
         every weight used in a matmul: the non-embedding parameters plus the LM head
-        (``vocab_size * d_model``). The second term is attention's ``QK^T`` and ``AV``.
+        (``vocab_size * d_model``). The second term is attention's ``QK^T`` and ``AV`` over the
+        *full* ``T x T`` score matrix, as PaLM counts it (and as a dense kernel computes it);
+        counting only the causal half, as Kaplan et al. do, gives ``6 * n_layers * T * d_model``.
         Forward only is one third of this.
+
+        Raises:
+            ValueError: if ``seq_len`` is not an int in ``1 .. context_length``.
         """
         cfg = self.cfg
+        if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int)
+                                    or not 1 <= seq_len <= cfg.context_length):
+            raise ValueError(f"seq_len must be an int in 1..context_length={cfg.context_length}, got {seq_len!r}")
         T = cfg.context_length if seq_len is None else seq_len
         n_matmul = self.num_parameters(non_embedding=True) + cfg.vocab_size * cfg.d_model
         return 6.0 * n_matmul + 12.0 * cfg.n_layers * T * cfg.d_model

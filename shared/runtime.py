@@ -56,10 +56,16 @@ def get_device() -> torch.device:
 
     ``LLM_DEVICE`` overrides the choice. The smoke profile always uses the CPU so that test
     results do not depend on the machine.
+
+    Raises:
+        ValueError: if ``LLM_DEVICE`` is not a device name, or ``LLM_PROFILE`` is invalid.
     """
     forced = os.environ.get("LLM_DEVICE", "").strip().lower()
     if forced:
-        return torch.device(forced)
+        try:
+            return torch.device(forced)
+        except RuntimeError:
+            raise ValueError(f"LLM_DEVICE={forced!r} is not a device; use cpu, cuda, cuda:1 or mps") from None
     if get_profile() == "smoke":
         return torch.device("cpu")
     if torch.cuda.is_available():
@@ -94,7 +100,16 @@ def pick(smoke: T, cpu: T, gpu: T | None = None, mps: T | None = None) -> T:
 
 
 def set_seed(seed: int = 0) -> None:
-    """Seed Python, NumPy and torch (all devices) so that a run is repeatable."""
+    """Seed Python, NumPy and torch (all devices) so that a run is repeatable.
+
+    Raises:
+        TypeError: if ``seed`` is not an int. ValueError: if it is outside ``0 .. 2**32 - 1``
+            (NumPy's range).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in 0 .. 2**32 - 1, got {seed}")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds CUDA and MPS generators

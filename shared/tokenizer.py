@@ -45,6 +45,7 @@ import functools
 import hashlib
 import heapq
 import json
+import operator
 import os
 import warnings
 from collections import Counter, defaultdict
@@ -73,8 +74,44 @@ def pretokenize(text: str, pattern: str = GPT2_PATTERN) -> list[str]:
 
     >>> pretokenize("Hello world, it's  42!")
     ['Hello', ' world', ',', ' it', "'s", ' ', ' 42', '!']
+
+    Raises:
+        TypeError: if ``text`` is not a string.
+        ValueError: if ``pattern`` is invalid, has capturing groups, or skips characters of
+            ``text`` (the chunks must add up to the whole text, or text would be lost).
     """
-    return regex.findall(pattern, text)
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    chunks = regex.findall(pattern, text)
+    if sum(len(c) if isinstance(c, str) else -1 for c in chunks) != len(text):  # -1: a capturing group
+        raise ValueError(f"pattern {pattern!r} does not split the whole text (it skips characters, or "
+                         "has a capturing group); text would be lost")
+    return chunks
+
+
+def _compile_pattern(pattern: str):
+    """Compile a pre-tokenisation regex; it must have no capturing group (``findall`` would
+    return the groups instead of the chunks)."""
+    if not isinstance(pattern, str):
+        raise TypeError(f"pattern must be a regex string, got {type(pattern).__name__}")
+    try:
+        pat = regex.compile(pattern)
+    except regex.error as e:
+        raise ValueError(f"pattern is not a valid regex: {e}") from None
+    if pat.groups:
+        raise ValueError(f"pattern has {pat.groups} capturing group(s); use non-capturing (?:...) groups")
+    return pat
+
+
+def _chunks(pat, text: str) -> list[str]:
+    """``pat.findall(text)``, checked to cover every character of ``text``."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    chunks = pat.findall(text)
+    if sum(map(len, chunks)) != len(text):
+        raise ValueError(f"pattern {pat.pattern!r} does not match every character of the text, so text "
+                         "would be lost; add a catch-all alternative such as |\\s|. at its end")
+    return chunks
 
 
 def get_stats(ids, counts=None):
@@ -83,6 +120,7 @@ def get_stats(ids, counts=None):
     >>> get_stats([1, 2, 3, 1, 2])
     {(1, 2): 2, (2, 3): 1, (3, 1): 1}
     """
+    _check_ids(ids)
     counts = {} if counts is None else counts
     for pair in zip(ids, ids[1:]):
         counts[pair] = counts.get(pair, 0) + 1
@@ -95,6 +133,8 @@ def merge(ids, pair, idx):
     >>> merge([97, 97, 97, 98], (97, 97), 256)   # 'aaab': the leftmost 'aa' wins
     [256, 97, 98]
     """
+    if not isinstance(pair, tuple) or len(pair) != 2:
+        raise ValueError(f"pair must be a tuple of two ids, got {pair!r}")
     a, b = pair
     out = []
     i, n = 0, len(ids)
@@ -114,6 +154,8 @@ def best_pair(stats):
     >>> best_pair({(5, 1): 3, (2, 9): 3, (0, 0): 1})
     (2, 9)
     """
+    if not stats:
+        raise ValueError("stats is empty: there is no pair to merge")
     return min(stats, key=lambda pair: (-stats[pair], pair))
 
 
@@ -127,6 +169,7 @@ def naive_merges(chunks, n_merges):
         ``{(a, b): new_id}`` in the order learned, with new ids ``256, 257, ...``.
     Cost: O(n_merges × total length), slow; :func:`incremental_merges` gives the same result.
     """
+    _check_count(n_merges=n_merges)
     merges = {}
     for k in range(n_merges):
         stats = {}
@@ -155,6 +198,7 @@ def incremental_merges(word_counts, n_merges):
     only the words that contained the pair are updated: their old pairs are subtracted and
     their new pairs added.
     """
+    _check_count(n_merges=n_merges)
     words = [list(w) for w in word_counts]
     counts = list(word_counts.values())
     stats, where = defaultdict(int), defaultdict(set)
@@ -200,6 +244,7 @@ def encode_chunk(ids, merges):
     >>> encode_chunk([97, 97, 97, 98], {(97, 97): 256, (97, 98): 257, (256, 257): 258})
     [258]
     """
+    _check_ids(ids)
     never = 1 << 62  # the rank of a pair that was never learned
     ids = list(ids)
     ranks = [merges.get(pair, never) for pair in zip(ids, ids[1:])]  # ranks[i]: pair at i, i+1
@@ -215,6 +260,32 @@ def encode_chunk(ids, merges):
         if i < len(ranks):
             ranks[i] = merges.get((rank, ids[i + 1]), never)
     return ids
+
+
+def _check_ids(ids) -> None:
+    """Token ids come as a list/tuple (or array) of ints; a string is a common mistake."""
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"ids must be a sequence of int token ids, not {type(ids).__name__} "
+                        "(encode the text first)")
+
+
+def _check_count(**values) -> None:
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be an int, got {v!r}")
+        if v < 0:
+            raise ValueError(f"{name} must be >= 0, got {v}")
+
+
+def _as_id(i) -> int:
+    """One token id as a Python int: ints, NumPy integers and 0-d integer tensors, never a
+    float (``104.9`` must not silently become 104) or a bool."""
+    if isinstance(i, bool):
+        raise TypeError("ids must be int token ids, got a bool")
+    try:
+        return operator.index(i)
+    except TypeError:
+        raise TypeError(f"ids must be int token ids, got {i!r} ({type(i).__name__})") from None
 
 
 @functools.lru_cache(maxsize=64)
@@ -267,6 +338,8 @@ class BPETokenizer:
             special_tokens = {}
         self.special_tokens: dict[str, int] = dict(special_tokens)
         for name, idx in self.special_tokens.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"special token names must be non-empty strings, got {name!r}")
             if idx in self.vocab or not (0 <= idx < n + len(self.special_tokens)):
                 raise ValueError(f"special token {name!r} has id {idx}, which is taken or out of range")
             self.vocab[idx] = name.encode("utf-8")
@@ -274,7 +347,7 @@ class BPETokenizer:
             raise ValueError("token ids must be exactly 0 .. vocab_size - 1")
         self._token_id = {self.vocab[i]: i for i in range(n)}  # bytes -> id, special tokens excluded
         self.pattern = pattern
-        self._pat = regex.compile(pattern)
+        self._pat = _compile_pattern(pattern)
         self._cache: dict[str, list[int]] = {}
 
     # ----------------------------------------------------------------------------- building
@@ -291,19 +364,32 @@ class BPETokenizer:
             naive: use :func:`naive_merges` (slow, for comparison) instead of
                 :func:`incremental_merges`. Both give identical merges.
         Raises:
-            ValueError: if ``vocab_size < 256 + len(special_tokens)``.
+            TypeError: if ``text`` is not a str, ``vocab_size`` not an int, or
+                ``special_tokens`` is a single string (write ``("<|endoftext|>",)``).
+            ValueError: if ``vocab_size < 256 + len(special_tokens)``, a special token is
+                empty, or ``pattern`` does not match every character (text would be lost).
         Warns:
             if the text runs out of pairs before ``vocab_size`` is reached (the tokenizer is
             then smaller; check :attr:`vocab_size`).
         """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+            raise TypeError(f"vocab_size must be an int, got {vocab_size!r}")
+        if isinstance(special_tokens, (str, bytes)):
+            raise TypeError(f"special_tokens must be a collection of names, not the single string "
+                            f"{special_tokens!r}; write ({special_tokens!r},)")
         special_tokens = list(dict.fromkeys(special_tokens))
+        if any(not isinstance(t, str) or not t for t in special_tokens):
+            raise ValueError(f"special_tokens must be non-empty strings, got {special_tokens!r}")
+        pat = _compile_pattern(pattern)
         if vocab_size < 256 + len(special_tokens):
             raise ValueError(f"vocab_size={vocab_size} is too small: a byte-level tokenizer needs 256 byte "
                              f"tokens plus {len(special_tokens)} special token(s), so vocab_size >= "
                              f"{256 + len(special_tokens)}")
         n_merges = vocab_size - 256 - len(special_tokens)
         pieces = _special_regex(frozenset(special_tokens)).split(text) if special_tokens else [text]
-        chunks = [c for piece in pieces for c in regex.findall(pattern, piece)]
+        chunks = [c for piece in pieces for c in _chunks(pat, piece)]
         if naive:
             merges = naive_merges([list(c.encode("utf-8")) for c in chunks], n_merges)
         else:
@@ -341,14 +427,21 @@ class BPETokenizer:
         return ids
 
     def encode_ordinary(self, text: str) -> list[int]:
-        """Encode ``text`` ignoring special tokens (they are encoded as plain text)."""
+        """Encode ``text`` ignoring special tokens (they are encoded as plain text).
+
+        Raises:
+            TypeError: if ``text`` is not a str.
+            ValueError: if the tokenizer's pattern skips characters of ``text``.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates: same fix-up as tiktoken
             text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
         out: list[int] = []
         cache, encode_piece = self._cache, self._encode_piece
-        for chunk in self._pat.findall(text):
+        for chunk in _chunks(self._pat, text):
             ids = cache.get(chunk)
             out += encode_piece(chunk) if ids is None else ids
         return out
@@ -362,6 +455,7 @@ class BPETokenizer:
             disallowed_special: special tokens whose text raises an error, or ``"all"``
                 (every special token not allowed). Pass ``()`` to encode them as plain text.
         Raises:
+            TypeError: if ``text`` is not a str.
             ValueError: if ``text`` contains a disallowed special token, or if a special-token
                 argument is a string other than ``"all"`` (write ``{"<|endoftext|>"}``).
 
@@ -371,6 +465,8 @@ class BPETokenizer:
         >>> tok.encode("<|endoftext|>", disallowed_special=())[:3]
         [27, 91, 437]
         """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
         for arg in (allowed_special, disallowed_special):
             if isinstance(arg, str) and arg != "all":
                 raise ValueError(f"special-token arguments take 'all' or a set of names, not the string {arg!r}; "
@@ -397,15 +493,21 @@ class BPETokenizer:
         """The raw bytes of ``ids`` (may end in the middle of a UTF-8 character).
 
         Raises:
+            TypeError: if ``ids`` is a string or holds a non-integer (a float, a bool).
             ValueError: on an id outside ``0 .. vocab_size - 1``.
         """
+        _check_ids(ids)
         try:
-            return b"".join(self.vocab[int(i)] for i in ids)
+            return b"".join(self.vocab[_as_id(i)] for i in ids)
         except KeyError as e:
             raise ValueError(f"token id {e.args[0]} is not in the vocabulary (size {self.vocab_size})") from None
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Ids back to text; invalid UTF-8 (a token sequence cut mid-character) becomes U+FFFD."""
+        """Ids back to text; invalid UTF-8 (a token sequence cut mid-character) becomes U+FFFD.
+
+        Raises:
+            TypeError, ValueError: as :meth:`decode_bytes`.
+        """
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     # ------------------------------------------------------------------------------- files
@@ -424,13 +526,25 @@ class BPETokenizer:
         """Read a tokenizer written by :meth:`save`.
 
         Raises:
-            ValueError: if the file is not a saved ``BPETokenizer``.
+            FileNotFoundError: if ``path`` does not exist.
+            ValueError: if the file is not a saved ``BPETokenizer`` (not JSON, truncated, another
+                format, or a missing or malformed field).
         """
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not a saved BPETokenizer (not valid JSON: truncated or "
+                             f"another file?): {e}") from None
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a saved BPETokenizer (expected format {_FORMAT!r})")
-        merges = {(a, b): 256 + k for k, (a, b) in enumerate(data["merges"])}
-        return cls(merges, data["special_tokens"], data["pattern"], data["byte_ids"])
+        missing = [k for k in ("pattern", "byte_ids", "merges", "special_tokens") if k not in data]
+        if missing:
+            raise ValueError(f"{path} is not a complete saved BPETokenizer: it lacks {', '.join(missing)}")
+        try:
+            merges = {(a, b): 256 + k for k, (a, b) in enumerate(data["merges"])}
+            return cls(merges, data["special_tokens"], data["pattern"], data["byte_ids"])
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"{path} is not a valid saved BPETokenizer: {e}") from None
 
     def __repr__(self) -> str:
         return f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, specials={list(self.special_tokens)})"

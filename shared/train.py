@@ -50,16 +50,44 @@ def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index
         A scalar tensor (float32 even when ``logits`` are bf16/fp16, for a stable mean).
 
     Raises:
-        ValueError: if the shapes do not match ``[B, T, V]`` and ``[B, T]``.
+        ValueError: if the shapes do not match ``[B, T, V]`` and ``[B, T]``, or (checked on
+            the CPU; an asynchronous assert on CUDA) a target is outside ``[0, V)`` and is not
+            ``ignore_index``.
+        TypeError: if ``targets`` are not integer ids.
     """
     if logits.dim() != 3 or targets.shape != logits.shape[:2]:
         raise ValueError(f"expected logits [B, T, V] and targets [B, T], got {tuple(logits.shape)} "
                          f"and {tuple(targets.shape)}")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(f"targets must be integer token ids (torch.long), got {targets.dtype}")
+    _check_targets(targets, logits.size(-1), ignore_index)
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=ignore_index)
 
 
+def _check_targets(targets: torch.Tensor, V: int, ignore_index: int) -> None:
+    """Targets must be ids in ``[0, V)`` or ``ignore_index`` (exact on the CPU; no host sync on CUDA)."""
+    if targets.numel() == 0 or targets.is_meta or torch.compiler.is_compiling():
+        return
+    ok = ((targets >= 0) & (targets < V)) | (targets == ignore_index)
+    if targets.device.type == "cuda":
+        torch._assert_async(ok.all(), f"targets hold ids outside [0, V={V}) that are not ignore_index")
+    elif not bool(ok.all()):
+        bad = int(targets[~ok][0])
+        raise ValueError(f"targets hold id {bad}, outside [0, V={V}) and not ignore_index={ignore_index}")
+
+
 def perplexity(loss: float) -> float:
-    """``exp(loss)``: the effective number of equally likely next tokens (loss in nats/token)."""
+    """``exp(loss)``: the effective number of equally likely next tokens (loss in nats/token).
+
+    Raises:
+        TypeError: if ``loss`` is not a number. ValueError: if it is negative or NaN.
+    """
+    if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+        loss = float(loss)
+    if isinstance(loss, bool) or not isinstance(loss, (int, float)):
+        raise TypeError(f"loss must be a number (nats per token), got {type(loss).__name__}")
+    if not loss >= 0:
+        raise ValueError(f"loss must be >= 0 nats per token, got {loss}")
     return math.exp(loss)
 
 
@@ -88,11 +116,13 @@ def lr_at(step: int, *, max_lr: float, warmup_steps: int, max_steps: int, min_lr
     * ``step > max_steps``: ``min_lr``.
 
     Raises:
-        ValueError: for a negative step, ``warmup_steps < 0``, ``max_steps < warmup_steps``
-            or ``max_steps < 1``.
+        ValueError: for a negative step, ``max_lr <= 0``, ``min_lr < 0``, ``warmup_steps < 0``,
+            ``max_steps < warmup_steps`` or ``max_steps < 1``.
     """
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
+    if not max_lr > 0 or not min_lr >= 0:
+        raise ValueError(f"need max_lr > 0 and min_lr >= 0, got max_lr={max_lr}, min_lr={min_lr}")
     if warmup_steps < 0 or max_steps < 1 or max_steps < warmup_steps:
         raise ValueError(f"need 0 <= warmup_steps <= max_steps and max_steps >= 1, "
                          f"got warmup_steps={warmup_steps}, max_steps={max_steps}")
@@ -121,8 +151,12 @@ def configure_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1,
         fused: use the fused AdamW kernel; ``None`` means "yes when every parameter is on CUDA".
 
     Raises:
-        ValueError: if the model has no trainable parameters.
+        ValueError: if the model has no trainable parameters, ``lr <= 0`` or ``weight_decay < 0``.
     """
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"lr must be a number > 0, got {lr!r}")
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
     embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     decay, no_decay, seen = [], [], set()
     for _, p in model.named_parameters():  # named_parameters() yields a tied tensor once
@@ -144,7 +178,10 @@ def check_finite(loss: torch.Tensor, step: int) -> None:
 
     Raises:
         FloatingPointError: ``"loss is nan (not finite) at step 12: ..."``.
+        TypeError: if ``loss`` is not a tensor.
     """
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"loss must be a tensor, got {type(loss).__name__}")
     value = float(loss.detach().float().item())
     if not math.isfinite(value):
         raise FloatingPointError(
@@ -162,8 +199,11 @@ def autocast_context(device: torch.device | str) -> contextlib.AbstractContextMa
       small range underflows small gradients, so pair it with :func:`make_grad_scaler`.
     * CPU and MPS: ``contextlib.nullcontext()``: plain fp32 (CPU bf16 matmuls are not faster
       on most laptops, and fp32 keeps results exactly reproducible).
+
+    Raises:
+        ValueError / TypeError: if ``device`` is not a device (see :func:`_as_device`).
     """
-    device = torch.device(device)
+    device = _as_device(device)
     if device.type != "cuda":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -176,10 +216,23 @@ def make_grad_scaler(device: torch.device | str) -> torch.amp.GradScaler:
     It multiplies the loss by a large factor before ``backward`` so fp16 gradients do not
     underflow, unscales them before clipping, and skips a step whose gradients overflowed.
     Disabled, it is a no-op (``scale(loss) is loss``).
+
+    Raises:
+        ValueError / TypeError: if ``device`` is not a device.
     """
-    device = torch.device(device)
+    device = _as_device(device)
     enabled = device.type == "cuda" and not torch.cuda.is_bf16_supported()
     return torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu", enabled=enabled)
+
+
+def _as_device(device) -> torch.device:
+    """``torch.device(device)``, with an error that names the argument."""
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a torch.device or a string like 'cuda', got {device!r}")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {device!r} is not a device (try 'cpu', 'cuda', 'cuda:0' or 'mps')") from None
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -249,6 +302,14 @@ class TrainConfig:
     amp: bool = True
 
     def __post_init__(self) -> None:
+        if not self.max_lr > 0 or (self.min_lr is not None and not self.min_lr >= 0):
+            raise ValueError(f"need max_lr > 0 and min_lr >= 0 (or None), got max_lr={self.max_lr}, "
+                             f"min_lr={self.min_lr}")
+        for name in ("eval_interval", "log_interval", "checkpoint_interval"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.eval_iters < 1:
+            raise ValueError(f"eval_iters must be >= 1, got {self.eval_iters}")
         if self.max_steps < 1 or self.grad_accum_steps < 1:
             raise ValueError(f"max_steps and grad_accum_steps must be >= 1, got {self.max_steps} "
                              f"and {self.grad_accum_steps}")
@@ -262,6 +323,16 @@ class TrainConfig:
         min_lr = self.max_lr / 10 if self.min_lr is None else self.min_lr
         return lr_at(step, max_lr=self.max_lr, warmup_steps=self.warmup_steps,
                      max_steps=self.max_steps, min_lr=min_lr)
+
+
+def _check_loop_args(model, optimizer, cfg) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer (e.g. configure_optimizer(model, lr)), "
+                        f"got {type(optimizer).__name__}")
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, get_batch: Callable[[], Batch],
@@ -280,6 +351,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, get_batch: Ca
         FloatingPointError: from :func:`check_finite` when the step's loss is NaN or inf
             (before the optimizer update, so the weights stay finite).
     """
+    _check_loop_args(model, optimizer, cfg)
     device = _device_of(model)
     lr = cfg.lr(step)
     for group in optimizer.param_groups:
@@ -338,6 +410,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, get_batch: Callabl
     """
     from shared.checkpoint import load_checkpoint, save_checkpoint
     from shared.hardware import mfu, peak_flops
+
+    _check_loop_args(model, optimizer, cfg)
 
     device = _device_of(model)
     scaler = make_grad_scaler(device)

@@ -98,7 +98,12 @@ def hf_name_map(n_layers: int) -> dict[str, tuple[str, bool]]:
     HF names are given without the ``transformer.`` prefix. ``transpose`` is True for the
     four Conv1D weights per block (stored ``[in, out]`` by HF, ``[out, in]`` by ``nn.Linear``).
     The LM head is not listed: it is tied to ``wte.weight``.
+
+    Raises:
+        ValueError: if ``n_layers`` is not an int >= 0.
     """
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 0:
+        raise ValueError(f"n_layers must be an int >= 0, got {n_layers!r}")
     # Per block: (HF module, our module, is_conv1d). Only a Conv1D's 2-D weight is transposed.
     block = (("ln_1", "ln1", False), ("attn.c_attn", "attn.qkv", True), ("attn.c_proj", "attn.out_proj", True),
              ("ln_2", "ln2", False), ("mlp.c_fc", "mlp.fc", True), ("mlp.c_proj", "mlp.proj", True))
@@ -135,7 +140,10 @@ def config_from_hf(hf: Mapping, dropout: float = 0.0) -> GPTConfig:
     Raises:
         CheckpointError: a required field is missing, ``model_type`` is not ``gpt2``, or an
             option this architecture does not implement is set (e.g. ``n_inner != 4 * n_embd``).
+        TypeError: if ``hf`` is not a mapping (pass ``json.load(f)``, not a file name).
     """
+    if not isinstance(hf, Mapping):
+        raise TypeError(f"hf must be the config.json dictionary, got {type(hf).__name__}")
     model_type = hf.get("model_type", "gpt2")
     if model_type != "gpt2":
         raise CheckpointError(f"config.json has model_type={model_type!r}; only 'gpt2' is supported")
@@ -159,7 +167,13 @@ def config_from_hf(hf: Mapping, dropout: float = 0.0) -> GPTConfig:
 
 
 def config_to_hf(cfg: GPTConfig) -> dict:
-    """The ``config.json`` dictionary of ``transformers.GPT2Config`` for ``cfg``."""
+    """The ``config.json`` dictionary of ``transformers.GPT2Config`` for ``cfg``.
+
+    Raises:
+        TypeError: if ``cfg`` is not a :class:`GPTConfig`.
+    """
+    if not isinstance(cfg, GPTConfig):
+        raise TypeError(f"cfg must be a GPTConfig, got {type(cfg).__name__}")
     eot = 50256 if cfg.vocab_size > 50256 else cfg.vocab_size - 1  # GPT-2's <|endoftext|>
     return {
         "architectures": ["GPT2LMHeadModel"],
@@ -232,7 +246,12 @@ def hub_available(timeout: float = 2.0) -> bool:
     False at once when ``HF_HUB_OFFLINE`` is set. Otherwise opens a TCP connection to the
     Hub's host (``HF_ENDPOINT``, default huggingface.co) in a background thread, so that a
     slow DNS lookup cannot hang the caller.
+
+    Raises:
+        ValueError: if ``timeout`` is not a positive number of seconds.
     """
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return False
     import socket
@@ -286,15 +305,23 @@ def _download(repo_id: str, revision: str | None) -> Path:
 
 
 def _resolve(source: str | os.PathLike, revision: str | None) -> Path:
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"source must be a directory path or a Hub model id (str), got {type(source).__name__}")
     path = Path(source).expanduser()
     if path.is_dir():
         return path
     if path.exists():
         raise ValueError(f"{source} is a file; pass the directory that holds config.json and the weights")
     text = str(source)
-    if isinstance(source, os.PathLike) or text.startswith((".", "/", "~")) or text.count("/") > 1:
+    looks_local = (isinstance(source, os.PathLike) or text.startswith((".", "/", "~")) or text.count("/") > 1
+                   or "\\" in text or (text.count("/") == 1 and path.parent.is_dir()))
+    if looks_local:  # e.g. "runs/gpt2-dir" where runs/ exists: a mistyped path, not a Hub id
         raise FileNotFoundError(f"no such directory: {source}")
-    return _download(text, revision)
+    try:
+        return _download(text, revision)
+    except HubUnavailableError as e:
+        raise HubUnavailableError(f"{e} (There is no local directory {text!r} either: if you meant one, "
+                                  "check the path.)") from e.__cause__
 
 
 # ----------------------------------------------------------------------------- public API
@@ -322,8 +349,10 @@ def load_gpt2(source: str | os.PathLike, *, revision: str | None = None, dropout
         the model; ``model(idx)`` gives the same logits as ``GPT2LMHeadModel``.
 
     Raises:
+        TypeError: ``source`` is neither a string nor a path.
         HubUnavailableError: ``source`` is a model id, the Hub is unreachable and it is not cached.
-        FileNotFoundError: a path that does not exist, or a directory without a weights file.
+        FileNotFoundError: a path that does not exist (a relative path whose parent folder
+            exists counts as a path, not a Hub id), or a directory without a weights file.
         CheckpointError: an unreadable or corrupted weights file, or an unsupported config;
             its subclasses :class:`MissingTensorError`, :class:`UnexpectedTensorError` and
             :class:`TensorShapeError` name the offending tensors.
@@ -382,9 +411,13 @@ def save_hf(model: GPTModel, directory: str | os.PathLike) -> Path:
         the directory (created if needed).
 
     Raises:
+        TypeError: if ``model`` is not a :class:`GPTModel`.
         ValueError: if the LM head is not tied to the token embedding (GPT-2 always ties).
     """
     from safetensors.torch import save_file
+
+    if not isinstance(model, GPTModel):
+        raise TypeError(f"model must be a shared.model.GPTModel, got {type(model).__name__}")
 
     if model.lm_head.weight is not model.tok_emb.weight and not torch.equal(model.lm_head.weight,
                                                                            model.tok_emb.weight):

@@ -368,3 +368,38 @@ def test_prebuilt_mask_equals_key_padding_mask():
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="covers 5 positions, expected 6"):
         build_attention_mask(6, 6, key_padding[:, :5])
+
+
+def test_a_float_4d_mask_is_refused_not_added_to_the_scores():
+    """A float 0/1 mask would be *added* to the scores by SDPA: the future would leak."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(8, 8, context_length=8, n_heads=2).eval()
+    x = torch.randn(1, 4, 8)
+    causal = build_attention_mask(4, 4, torch.ones(1, 4))  # bool [1, 1, 4, 4]
+    assert causal.dtype == torch.bool
+    with pytest.raises(TypeError, match="attn_mask must be boolean"):
+        mha(x, attn_mask=causal.float())
+    # The boolean mask is honoured: changing a future token leaves earlier outputs alone.
+    y = mha(x, attn_mask=causal)
+    x2 = x.clone()
+    x2[:, 3] += 1.0
+    assert torch.allclose(mha(x2, attn_mask=causal)[:, :3], y[:, :3], atol=1e-6)
+
+
+def test_kv_cache_used_by_one_module_refuses_to_overwrite_slot_zero():
+    """MultiHeadAttention alone does not advance the cache (the model does): a second chunk
+    would overwrite position 0. The cache says so; advancing it gives the uncached result."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(8, 8, context_length=8, n_heads=2).eval()
+    x = torch.randn(1, 6, 8)
+    cache = KVCache(n_layers=1, max_len=8)
+    mha(x[:, :3], kv_cache=cache)
+    with pytest.raises(ValueError, match="length was not advanced"):
+        mha(x[:, 3:], kv_cache=cache)
+    cache = KVCache(n_layers=1, max_len=8)
+    first = mha(x[:, :3], kv_cache=cache)
+    cache.length += 3
+    second = mha(x[:, 3:], kv_cache=cache)
+    assert torch.allclose(torch.cat([first, second], 1), mha(x), atol=1e-5)
+    cache.length = 3  # moving back (discarding positions) frees them for new keys
+    assert torch.allclose(mha(x[:, 3:], kv_cache=cache), second, atol=1e-6)

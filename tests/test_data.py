@@ -338,3 +338,32 @@ def test_sample_windows_errors(kwargs, message):
     args = dict(tokens=np.arange(100, dtype=np.uint16), batch_size=2, context_length=8) | kwargs
     with pytest.raises(ValueError, match=message):
         sample_windows(**args)
+
+
+def test_token_file_written_without_suffix_opens_under_the_same_name(tmp_path):
+    written = write_token_file(tmp_path / "train", [1, 2, 3])
+    assert written.name == "train.npy"
+    assert open_token_file(tmp_path / "train").tolist() == [1, 2, 3]
+
+
+def test_token_file_is_readable_by_others(tmp_path):
+    import stat
+    path = write_token_file(tmp_path / "t.npy", [1, 2, 3])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_write_token_file_never_truncates_float_ids(tmp_path):
+    with pytest.raises(ValueError, match="token_ids must be integers"):
+        write_token_file(tmp_path / "t.npy", [104.9, 3.0])
+    assert not (tmp_path / "t.npy").exists()
+
+
+def test_uint64_ids_do_not_wrap_to_negative():
+    big = np.array([2**63 + 5, 1, 2, 3, 4], dtype=np.uint64)
+    with pytest.raises(ValueError, match="int64"):
+        GPTDataset(big, 2, 1)
+    with pytest.raises(ValueError, match="too large"):
+        sample_windows(np.full(8, 2**63 + 5, dtype=np.uint64), 2, 2)
+    ok = np.arange(10, dtype=np.uint64)  # in range: fine, and exact
+    x, y = sample_windows(ok, 4, 3, generator=torch.Generator().manual_seed(0))
+    assert x.dtype == torch.long and (y - x == 1).all()

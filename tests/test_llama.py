@@ -320,8 +320,10 @@ def smollm2():
         path = smollm2_path()
     except FileNotFoundError as e:
         pytest.skip(str(e))
-    model, tok = load_gguf(path)
-    return path, model, tok
+    from shared.gguf_io import load_from_reader, read_gguf
+    reader = read_gguf(path)  # opened once: the dequantisation test reads its raw tensors too
+    model, tok = load_from_reader(reader, path)
+    return path, model, tok, reader
 
 
 @pytest.fixture(scope="module")
@@ -339,7 +341,7 @@ def hf_model(smollm2):
 
 
 def test_smollm2_config(smollm2):
-    _, model, tok = smollm2
+    _, model, tok, _ = smollm2
     c = model.cfg
     assert (c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.d_ff, c.vocab_size) == (30, 576, 9, 3, 1536, 49152)
     assert c.tie_embeddings and model.num_parameters() == 134_515_008
@@ -347,9 +349,7 @@ def test_smollm2_config(smollm2):
 
 
 def test_smollm2_dequantised_tensors_match_gguf(smollm2):
-    from shared.gguf_io import read_gguf
-    path, model, _ = smollm2
-    reader = read_gguf(path)
+    _, model, _, reader = smollm2
     t = {x.name: x for x in reader.tensors}
     for name, ours in [("token_embd.weight", model.tok_emb.weight), ("blk.3.ffn_down.weight", model.blocks[3].mlp.down.weight),
                        ("blk.0.attn_v.weight", model.blocks[0].attn.v_proj.weight)]:
@@ -365,7 +365,7 @@ TEXTS = ["Hello world", " leading space", "Numbers 12345 and 3.14159, dates 2024
 
 
 def test_smollm2_tokenizer_matches_hf(smollm2, hf_tokenizer):
-    _, _, tok = smollm2
+    tok = smollm2[2]
     hf_tok = hf_tokenizer
     for text in TEXTS:
         theirs = hf_tok(text, add_special_tokens=False)["input_ids"]
@@ -385,7 +385,7 @@ def test_chat_template_matches_the_gguf_template(hf_tokenizer):
 
 
 def test_smollm2_greedy_and_logits_match_hf(smollm2, hf_model):
-    _, model, tok = smollm2
+    _, model, tok, _ = smollm2
     for i, q in enumerate(PROMPTS):
         ids = torch.tensor([tok.encode(chat_prompt([{"role": "user", "content": q}]))])
         ours = generate(model, ids, 8, eos_id=tok.eos_id)

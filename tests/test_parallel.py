@@ -10,7 +10,11 @@ ZeRO figure 1, GPipe's bubble).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
+import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -276,7 +280,23 @@ def test_activation_checkpointing_same_loss_and_grads_less_saved_memory():
 PRETRAIN = ROOT / "ch05_pretraining" / "pretrain.py"
 
 
-def _pretrain(tmp_path: Path, name: str, *extra: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+@functools.lru_cache(maxsize=1)
+def _pretrain_module():
+    spec = importlib.util.spec_from_file_location("pretrain_mod", PRETRAIN)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run_pretrain_here(argv: list[str]) -> tuple[int, str, str]:
+    """``pretrain.main(argv)`` in this process (one process needs no torchrun; saves a torch import)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = _pretrain_module().main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _pretrain(tmp_path: Path, name: str, *extra: str) -> tuple[str, list[dict]]:
     import numpy as np
 
     from shared.data import write_token_file
@@ -286,38 +306,32 @@ def _pretrain(tmp_path: Path, name: str, *extra: str) -> tuple[subprocess.Comple
         # a learnable stream: a repeated random "text" of 400 tokens
         write_token_file(data, np.tile(rng.integers(0, 64, 400), 20), 64)
     out = tmp_path / name
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LLM_DEVICE": "cpu", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(PRETRAIN), "--out", str(out), "--data", str(data), "--profile", "smoke",
-                           "--preset", "tiny", "--vocab-size", "64", "--max-steps", "12", "--eval-interval", "0",
-                           "--batch-size", "4", *extra], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    code, stdout, stderr = _run_pretrain_here(
+        ["--out", str(out), "--data", str(data), "--profile", "smoke", "--device", "cpu", "--preset", "tiny",
+         "--vocab-size", "64", "--max-steps", "12", "--eval-interval", "0", "--batch-size", "4", *extra])
+    assert code == 0, stderr
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return proc, records
+    return stdout, records
 
 
 def test_pretrain_loss_spike_rewinds_and_skips(tmp_path):
     # one run covers both new flags (the loss/gradient equality of checkpointing is tested above)
-    proc, records = _pretrain(tmp_path, "spike", "--spike-factor", "3", "--spike-warmup", "3",
-                              "--checkpoint-interval", "4", "--debug-inject-spike-at", "6",
-                              "--activation-checkpointing")
-    assert "activation checkpointing" in proc.stdout
-    assert "loss spike at step 6" in proc.stdout and "rewound to the checkpoint of step 4" in proc.stdout
+    stdout, records = _pretrain(tmp_path, "spike", "--spike-factor", "3", "--spike-warmup", "3",
+                                "--checkpoint-interval", "4", "--debug-inject-spike-at", "6",
+                                "--activation-checkpointing")
+    assert "activation checkpointing" in stdout
+    assert "loss spike at step 6" in stdout and "rewound to the checkpoint of step 4" in stdout
     rewinds = [r for r in records if "rewind_to" in r]
     assert len(rewinds) == 1 and rewinds[0]["rewind_to"] == 4 and rewinds[0]["data_shift"] == 3
     steps = [r["step"] for r in records if "rewind_to" not in r]
     assert steps == list(range(12))  # every step logged once; the spiked step is replaced
     assert max(r["loss"] for r in records if "rewind_to" not in r) < rewinds[0]["loss"] / 3
-    bad = subprocess.run([sys.executable, str(PRETRAIN), "--out", str(tmp_path / "x"), "--profile", "smoke",
-                          "--spike-factor", "0.5"], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert bad.returncode == 1 and "--spike-factor" in bad.stderr
+    code, _, stderr = _run_pretrain_here(["--out", str(tmp_path / "x"), "--profile", "smoke", "--spike-factor", "0.5"])
+    assert code == 1 and "--spike-factor" in stderr
 
 
 def test_encode_documents_puts_endoftext_between_documents():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("pretrain_mod", PRETRAIN)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _pretrain_module()
     from shared.tokenizer import ENDOFTEXT, BPETokenizer
     tok = BPETokenizer.train("to be or not to be " * 20, 256 + 10)
     eot = tok.special_tokens[ENDOFTEXT]

@@ -299,3 +299,65 @@ def test_mismatched_checkpoint_gives_a_clear_error(token_file, single_run, tmp_p
     assert run_here(_args(token_file, tmp_path, "--resume", "--d-model", "64", grad_accum=1)) == 1
     err = capsys.readouterr().err
     assert "was written for another model" in err and "d_model=32 (this run: 64)" in err, err
+
+
+# --------------------------------------------------------------------------------------
+# Finished work, damaged files and lost workers
+# --------------------------------------------------------------------------------------
+
+def test_rerunning_a_finished_run_is_refused_without_resume_or_overwrite(token_file, tmp_path, capsys):
+    args = _args(token_file, tmp_path, "--max-steps", "2", "--eval-interval", "0", grad_accum=1)
+    assert run_here(args) == 0
+    before_metrics, before_ckpt = (tmp_path / "metrics.jsonl").read_bytes(), (tmp_path / "ckpt.pt").read_bytes()
+    capsys.readouterr()
+    assert run_here(args) == 1
+    err = capsys.readouterr().err
+    assert "already holds a run (metrics up to step 1 and a checkpoint ckpt.pt)" in err, err
+    assert "--resume" in err and "--overwrite" in err
+    assert (tmp_path / "metrics.jsonl").read_bytes() == before_metrics  # nothing was touched
+    assert (tmp_path / "ckpt.pt").read_bytes() == before_ckpt
+    assert run_here([*args, "--resume"]) == 0  # finished: nothing to do, nothing lost
+    assert "already finished" in capsys.readouterr().out
+    assert (tmp_path / "metrics.jsonl").read_bytes() == before_metrics
+    assert run_here([*args, "--overwrite"]) == 0  # asked for: starts again
+    assert [r["step"] for r in metrics(tmp_path)] == [0, 1]
+
+
+def test_damaged_checkpoint_tensor_bytes_fail_the_checksum(token_file, tmp_path, capsys):
+    from tests.test_train import damage_tensor_bytes
+    args = _args(token_file, tmp_path, "--max-steps", "2", "--eval-interval", "0", grad_accum=1)
+    assert run_here(args) == 0
+    damage_tensor_bytes(tmp_path / "ckpt.pt")
+    capsys.readouterr()
+    assert run_here([*args, "--max-steps", "3", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "pretrain.py: error: " in err and "do not match the checksum" in err, err
+
+
+def test_out_whose_parent_is_a_file_is_a_clear_error(token_file, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert run_here(_args(token_file, tmp_path / "afile" / "run", grad_accum=1)) == 1
+    err = capsys.readouterr().err
+    assert "pretrain.py: error: " in err and "is a file, not a directory" in err, err
+
+
+@pytest.mark.slow
+def test_help_is_printed_once_under_torchrun(tmp_path):
+    proc = subprocess.run(_command(["--help"], 2, "ddp"), capture_output=True, text=True, timeout=120,
+                          env=_env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("usage: pretrain.py") == 1, proc.stdout[:3000]
+    assert "--overwrite" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_killed_worker_tells_the_user_to_resume(token_file, tmp_path):
+    args = _args(token_file, tmp_path, "--max-steps", "8", "--checkpoint-interval", "2", "--eval-interval", "0",
+                 "--debug-kill-after", "3")
+    proc = run(args, nproc=2, check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "A worker probably died or was killed" in out and "again with --resume" in out, out[-3000:]
+    ours = proc.stderr.split("torch.distributed.elastic")[0]  # before torchrun's own report
+    assert "Traceback" not in ours.split("pretrain.py: error")[0], ours[-3000:]  # no gloo traceback first
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 2  # what --resume continues from

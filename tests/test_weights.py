@@ -290,3 +290,21 @@ def test_model_id_falls_back_to_pytorch_bin(monkeypatch, tmp_path, hf_model, ids
     model = load_gpt2("some-user/old-gpt2")
     assert fetched == ["pytorch_model.bin"]
     torch.testing.assert_close(_our_logits(model, ids), _hf_logits(hf_model, ids), atol=1e-5, rtol=0)
+
+
+def test_a_mistyped_relative_path_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such directory: runs/gpt2-tpyo"):
+        load_gpt2("runs/gpt2-tpyo")
+
+
+def test_an_offline_hub_id_error_also_says_there_is_no_local_directory(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hfc
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(HubUnavailableError, match="no local directory 'gpt2-tpyo' either"):
+        load_gpt2("gpt2-tpyo")
