@@ -38,6 +38,9 @@ __all__ = ["normalize_text", "quality_signals", "quality_issues", "QUALITY_RULES
 
 NORMAL_FORMS = ("NFC", "NFD", "NFKC", "NFKD")
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # category Cc except \t and \n
+_SPACE = re.compile(r"\s")
+_SYMBOL = re.compile(r"[^\w\s]|_")   # neither a letter, a digit nor whitespace
+_LETTER = re.compile(r"[^\W\d_]")    # a letter
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'})
 #: ``name: (signal, low, high)``: a document breaks the rule when ``signal`` is outside ``[low, high]``.
 QUALITY_RULES: dict[str, tuple[str, float, float]] = {
@@ -91,9 +94,9 @@ def quality_signals(doc: str) -> dict[str, float]:
     if not isinstance(doc, str):
         raise TypeError(f"doc must be a str, got {type(doc).__name__}")
     words = doc.split()
-    chars = [c for c in doc if not c.isspace()]
+    n_nonspace = len(doc) - len(_SPACE.findall(doc))
     lines = [ln.strip() for ln in doc.splitlines() if ln.strip()]
-    n_chars = max(len(chars), 1)
+    n_chars = max(n_nonspace, 1)
     line_counts = Counter(lines)
     dup_chars = sum(len(ln) * c for ln, c in line_counts.items() if c > 1)
     bigrams = Counter(zip(words, words[1:]))
@@ -102,8 +105,8 @@ def quality_signals(doc: str) -> dict[str, float]:
     return {
         "n_words": len(words),
         "mean_word_length": sum(map(len, words)) / len(words) if words else 0.0,
-        "symbol_ratio": sum(not c.isalnum() for c in chars) / n_chars if chars else 0.0,
-        "alpha_word_fraction": sum(any(c.isalpha() for c in w) for w in words) / len(words) if words else 0.0,
+        "symbol_ratio": len(_SYMBOL.findall(doc)) / n_chars if n_nonspace else 0.0,
+        "alpha_word_fraction": sum(bool(_LETTER.search(w)) for w in words) / len(words) if words else 0.0,
         "duplicate_line_char_fraction": dup_chars / max(sum(map(len, lines)), 1),
         "top_2gram_char_fraction": min(top_chars / n_chars, 1.0),
         "short_line_fraction": sum(len(ln) < 20 for ln in lines) / len(lines) if lines else 0.0,
