@@ -164,7 +164,7 @@ CASES: list = [
     ("data.open_token_file", lambda t: data.open_token_file(t / "none.npy"), FileNotFoundError, "none.npy"),
     ("data.open_token_file", lambda t: data.open_token_file(_file(t, "x.npy", "junk")), ValueError,
      "token file"),
-    ("data.sample_windows", lambda t: data.sample_windows(np.array([1, -2, 3, 4, 5]), 2, 2), ValueError,
+    ("data.sample_windows", lambda t: data.sample_windows(np.array([-1, -2, -3, -4, -5]), 2, 2), ValueError,
      "tokens"),
     ("data.sample_windows", lambda t: data.sample_windows(np.array([1.0, 2.0, 3.0, 4.0]), 2, 2), ValueError,
      "tokens"),
