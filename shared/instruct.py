@@ -62,7 +62,11 @@ def format_prompt(record: dict, preamble: bool = True) -> str:
         <BLANKLINE>
         ### Response:
         <BLANKLINE>
+
+    Raises:
+        ValueError: if ``record`` is not a dict with an ``instruction`` string.
     """
+    _check_record(record)
     instruction, inp = record["instruction"], record.get("input", "") or ""
     head = (PREAMBLE if inp else PREAMBLE_NO_INPUT) + "\n\n" if preamble else ""
     body = f"### Instruction:\n{instruction}\n\n"
@@ -445,12 +449,15 @@ def few_shot_exact_match(model: nn.Module, tokenizer, records: Sequence[dict], s
 def train_instructions(model: nn.Module, examples: Sequence[tuple[list[int], list[int]]], *, steps: int,
                        batch_size: int = 16, lr: float = 3e-4, weight_decay: float = 0.0, pad_id: int = 0,
                        mask_prompt: bool = True, seed: int = 0, device: torch.device | str = "cpu",
-                       log_every: int = 0) -> dict:
+                       log_every: int = 0, collate=None) -> dict:
     """Finetune ``model`` (its trainable parameters) on encoded examples with AdamW.
 
     Each step takes the next ``batch_size`` examples of a shuffled epoch, collates them with
     :func:`instruction_collate` (``max_length = context_length``) and minimises the mean
     cross-entropy over the targets that are not ``-100``. Returns ``{"loss": [...], "seconds": s}``.
+    ``collate(batch, pad_id, max_length=, device=) -> (inputs, targets, mask)`` replaces
+    :func:`instruction_collate` for other layouts (e.g. ``shared.chat.chat_collate`` for
+    ``(ids, labels)`` conversations; ``mask_prompt`` is then unused).
 
     Raises:
         ValueError: if nothing is trainable, ``steps < 1`` or ``examples`` is empty.
@@ -472,8 +479,12 @@ def train_instructions(model: nn.Module, examples: Sequence[tuple[list[int], lis
             rng.shuffle(fresh)
             order += fresh
         chunk, order = order[:batch_size], order[batch_size:]
-        x, y, _ = instruction_collate([examples[i] for i in chunk], pad_id, mask_prompt=mask_prompt,
-                                         max_length=model.cfg.context_length, device=device)
+        batch = [examples[i] for i in chunk]
+        if collate is None:
+            x, y, _ = instruction_collate(batch, pad_id, mask_prompt=mask_prompt,
+                                          max_length=model.cfg.context_length, device=device)
+        else:
+            x, y, _ = collate(batch, pad_id, max_length=model.cfg.context_length, device=device)
         # Right padding: under the causal mask a real token never attends to the padding after
         # it, so no attention mask is needed (and the fast is_causal attention path is kept).
         logits = model(x)

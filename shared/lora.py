@@ -97,6 +97,9 @@ class LoRALinear(nn.Module):
         return (self.lora_B @ self.lora_A) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"x has {x.shape[-1]} features in its last dimension; this layer's in_features "
+                             f"is {self.in_features}")
         # Two thin matmuls ([.., d_in] -> [.., r] -> [.., d_out]); never form the d_out x d_in BA.
         return self.base(x) + (self.dropout(x) @ self.lora_A.T @ self.lora_B.T) * self.scaling
 
@@ -162,7 +165,12 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
     The merged model computes the same function (up to float rounding) with no extra
     matmuls at inference (Hu et al., 2021, section 4.1). Returns ``model``.
+
+    Raises:
+        TypeError: if ``model`` is not an ``nn.Module``.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     names = [n for n, m in model.named_modules() if isinstance(m, LoRALinear)]
     for name in names:
         _set_submodule(model, name, model.get_submodule(name).merged())

@@ -84,11 +84,6 @@ def _tokenizer_without(tmp_path, key):
     return p
 
 
-#: Known gaps: these functions are printed in Chapter 7's notebooks, which are being reworked
-#: separately; their validation lands with that rework. ``strict=True``: fixing one fails the
-#: xfail, so the marker must then be removed.
-_SHOWN_IN_CH07 = "shown verbatim in a ch07 notebook (reworked separately): validation lands with that rework"
-
 CASES: list = [
     # ---------------------------------------------------------------- tokenizer
     ("tokenizer.BPETokenizer", lambda t: BPETokenizer({(1, 2): 300}), ValueError, "merge"),
@@ -359,7 +354,7 @@ CASES: list = [
      lambda t: instruct.few_shot_exact_match(_model(), _tok(), [{"instruction": "x", "output": "y"}], [], k=-1),
      ValueError, "k must"),
     pytest.param("instruct.format_prompt", lambda t: instruct.format_prompt({"input": "x"}), ValueError,
-                 "instruction", marks=pytest.mark.xfail(strict=True, raises=KeyError, reason=_SHOWN_IN_CH07)),
+                 "instruction"),
     ("instruct.load_alpaca_json", lambda t: instruct.load_alpaca_json(_file(t, "a.json", "{")), ValueError,
      "not valid JSON"),
     ("instruct.generate_instruction_data", lambda t: instruct.generate_instruction_data(0), ValueError, "n must"),
@@ -383,13 +378,12 @@ CASES: list = [
     ("lora.LoRALinear", lambda t: lora.LoRALinear(torch.nn.Conv1d(4, 4, 1), 1, 1.0), ValueError, "nn.Linear"),
     pytest.param("lora.LoRALinear.forward",
                  lambda t: lora.LoRALinear(torch.nn.Linear(4, 4), 1, 1.0)(torch.zeros(2, 3)), ValueError,
-                 "in_features", marks=pytest.mark.xfail(strict=True, raises=RuntimeError, reason=_SHOWN_IN_CH07)),
+                 "in_features"),
     ("lora.apply_lora", lambda t: lora.apply_lora(_model(), 2, 4.0, target_modules=("nope",)), ValueError,
      "target_modules"),
     ("lora.apply_lora", lambda t: lora.apply_lora(_model(), 2, 4.0, target_modules="attn.qkv"), ValueError,
      "target_modules"),
-    pytest.param("lora.merge_lora", lambda t: lora.merge_lora("model"), TypeError, "model",
-                 marks=pytest.mark.xfail(strict=True, raises=AttributeError, reason=_SHOWN_IN_CH07)),
+    pytest.param("lora.merge_lora", lambda t: lora.merge_lora("model"), TypeError, "model"),
     ("lora.lora_state_dict", lambda t: lora.lora_state_dict(_model()), ValueError, "LoRA"),
     ("lora.load_lora_state_dict", lambda t: lora.load_lora_state_dict(_model(), {}), ValueError, "LoRA"),
     ("lora.count_trainable", lambda t: lora.count_trainable("model"), TypeError, "model"),
