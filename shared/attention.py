@@ -181,7 +181,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"d_out={d_out} must be divisible by n_heads={n_heads}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-        self.d_out, self.n_heads, self.head_dim = d_out, n_heads, d_out // n_heads
+        self.d_in, self.d_out, self.n_heads, self.head_dim = d_in, d_out, n_heads, d_out // n_heads
         self.context_length = context_length
         self.dropout = dropout
         self.use_sdpa = use_sdpa
@@ -215,8 +215,8 @@ class MultiHeadAttention(nn.Module):
             TypeError: if a 4-D ``attn_mask`` is not boolean (a float 0/1 mask would be
                 *added* to the scores by SDPA, and causality would be lost).
         """
-        if x.dim() != 3 or x.size(-1) != self.qkv.in_features:
-            raise ValueError(f"x must be [B, T, d_in={self.qkv.in_features}], got shape {tuple(x.shape)}")
+        if x.dim() != 3 or x.size(-1) != self.d_in:  # self.d_in, not qkv.in_features: qkv may be wrapped (LoRA)
+            raise ValueError(f"x must be [B, T, d_in={self.d_in}], got shape {tuple(x.shape)}")
         if attn_mask is not None and attn_mask.dim() == 4 and attn_mask.dtype != torch.bool:
             raise TypeError(f"a 4-D attn_mask must be boolean (True = may attend), as build_attention_mask "
                             f"returns; got {attn_mask.dtype}")

@@ -267,7 +267,7 @@ def _check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, 
         if bool((m[:, 1:] < m[:, :-1]).any()):
             raise ValueError("attention_mask must be left-padded: zeros, then ones, in every row (see left_pad)")
     if not hasattr(model, "cfg") or not hasattr(model, "new_kv_cache"):
-        raise ValueError("model must be a shared.model.GPTModel (needs .cfg and .new_kv_cache())")
+        raise ValueError("model must be a course model, shared.model.GPTModel or shared.llama.LlamaModel (needs .cfg and .new_kv_cache())")
     vocab_size = getattr(model.cfg, "vocab_size", None)
     if isinstance(vocab_size, int) and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= vocab_size):
         bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
@@ -334,14 +334,18 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
 # ---------------------------------------------------------------------------- text in, text out
 
 def find_eos_id(tokenizer) -> int | None:
-    """The id of ``<|endoftext|>`` for a tiktoken ``Encoding`` or a course ``BPETokenizer``
-    (None if the tokenizer has no such token).
+    """The id that ends generation: the tokenizer's own ``eos_id`` when it declares one (a GGUF
+    chat model's end-of-turn ``<|im_end|>``), else ``<|endoftext|>`` for a tiktoken ``Encoding``
+    or a course ``BPETokenizer`` (None if the tokenizer has no such token).
 
     Raises:
         TypeError: if ``tokenizer`` has no ``encode`` method.
     """
     if not callable(getattr(tokenizer, "encode", None)):
         raise TypeError(f"tokenizer must have an encode() method, got {type(tokenizer).__name__}")
+    eos = getattr(tokenizer, "eos_id", None)  # a tokenizer that declares its end token (GGUF: <|im_end|>)
+    if isinstance(eos, int) and not isinstance(eos, bool):
+        return eos
     eot = getattr(tokenizer, "eot_token", None)  # tiktoken
     if isinstance(eot, int):
         return eot

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["PEAK_TFLOPS", "peak_flops", "mfu", "device_name"]
+__all__ = ["PEAK_TFLOPS", "peak_flops", "mfu", "device_name", "amp_dtype"]
 
 #: Dense peak TFLOP/s by (device-name substring, dtype). First match wins, so list more
 #: specific names first ("L40S" before "L4", "A100" before "A10"). An empty table means
@@ -49,6 +49,26 @@ def device_name(device: torch.device | str | None = None) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return device.type
+
+
+def amp_dtype(device: torch.device | str | None = None) -> torch.dtype:
+    """The dtype the course's mixed precision computes matmuls in on ``device``, which is the
+    peak to quote for MFU (``peak_flops(device, amp_dtype(device))``).
+
+    * CUDA with bf16 (Ampere and newer): ``torch.bfloat16``;
+    * other CUDA GPUs (Colab's T4, V100): ``torch.float16`` (T4: 65 TFLOP/s, not "no bf16 peak");
+    * CPU, MPS: ``torch.float32`` (no autocast).
+
+    ``shared.train.autocast_context`` uses this choice.
+
+    Raises:
+        ValueError: as :func:`device_name`.
+    """
+    device_name(device)  # validates
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def peak_flops(device: torch.device | str | None = None, dtype: torch.dtype = torch.bfloat16) -> float | None:

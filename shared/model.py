@@ -148,13 +148,14 @@ class FeedForward(nn.Module):
         super().__init__()
         if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
             raise ValueError(f"d_model must be a positive int, got {d_model!r}")
+        self.d_model = d_model  # stored: fc may be swapped for a wrapper (LoRA) without .in_features
         self.fc = nn.Linear(d_model, 4 * d_model)  # expand: room for features
         self.act = GELU()
         self.proj = nn.Linear(4 * d_model, d_model)  # back into the residual stream
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.size(-1) != self.fc.in_features:
-            raise ValueError(f"x must be [..., d_model={self.fc.in_features}], got shape {tuple(x.shape)}")
+        if x.size(-1) != self.d_model:
+            raise ValueError(f"x must be [..., d_model={self.d_model}], got shape {tuple(x.shape)}")
         return self.proj(self.act(self.fc(x)))
 
 

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.hardware import amp_dtype
+
 __all__ = ["cross_entropy_loss", "perplexity", "bits_per_byte", "lr_at", "configure_optimizer",
            "check_finite", "estimate_loss", "autocast_context", "make_grad_scaler",
            "TrainConfig", "train_step", "train"]
@@ -206,8 +208,7 @@ def autocast_context(device: torch.device | str) -> contextlib.AbstractContextMa
     device = _as_device(device)
     if device.type != "cuda":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cuda", dtype=amp_dtype(device))  # bf16, or fp16 without bf16 support
 
 
 def make_grad_scaler(device: torch.device | str) -> torch.amp.GradScaler:
@@ -221,7 +222,7 @@ def make_grad_scaler(device: torch.device | str) -> torch.amp.GradScaler:
         ValueError / TypeError: if ``device`` is not a device.
     """
     device = _as_device(device)
-    enabled = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    enabled = amp_dtype(device) == torch.float16
     return torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu", enabled=enabled)
 
 

@@ -164,7 +164,7 @@ CASES: list = [
     ("data.open_token_file", lambda t: data.open_token_file(t / "none.npy"), FileNotFoundError, "none.npy"),
     ("data.open_token_file", lambda t: data.open_token_file(_file(t, "x.npy", "junk")), ValueError,
      "token file"),
-    ("data.sample_windows", lambda t: data.sample_windows(np.array([1, -2, 3, 4, 5]), 2, 2), ValueError,
+    ("data.sample_windows", lambda t: data.sample_windows(np.array([-1, -2, -3, -4, -5]), 2, 2), ValueError,
      "tokens"),
     ("data.sample_windows", lambda t: data.sample_windows(np.array([1.0, 2.0, 3.0, 4.0]), 2, 2), ValueError,
      "tokens"),
@@ -312,6 +312,7 @@ CASES: list = [
     ("hardware.mfu", lambda t: hardware.mfu(-1.0, 1e9, 1e12), ValueError, "tokens_per_s"),
     ("hardware.mfu", lambda t: hardware.mfu(1.0, 0.0, 1e12), ValueError, "flops_per_token"),
     ("hardware.device_name", lambda t: hardware.device_name("tpu9"), ValueError, "device"),
+    ("hardware.amp_dtype", lambda t: hardware.amp_dtype("tpu9"), ValueError, "device"),
     # ---------------------------------------------------------------- finetune
     ("finetune.starting_model", lambda t: finetune.starting_model(use_gpt2="yes"), TypeError, "use_gpt2"),
     ("finetune.play_label", lambda t: finetune.play_label(data.Play("x", "X", "poems", "")), ValueError, "genre"),

@@ -561,3 +561,21 @@ def test_batched_sampling_is_not_promised_to_equal_sampling_alone(model):
                        generator=torch.Generator().manual_seed(0))
     alone = generate(model, torch.tensor([prompts[1]]), 8, temperature=1.0, generator=torch.Generator().manual_seed(0))
     assert not torch.equal(batched[1, -8:], alone[0, -8:])  # row 1 draws after row 0 in each step
+
+
+def test_find_eos_id_prefers_the_tokenizers_declared_end_token():
+    """A GGUF chat model ends its turn with <|im_end|> (its declared eos_id), not <|endoftext|>."""
+    class ChatTok(ByteTokenizer):
+        eos_id = 7
+
+    assert find_eos_id(ChatTok()) == 7
+    assert find_eos_id(ByteTokenizer()) == 256
+
+
+def test_find_eos_id_on_smollm2_is_im_end():
+    from shared.gguf_io import GGUFTokenizer
+    from shared.llama import smollm2_path
+
+    tok = GGUFTokenizer.from_gguf(smollm2_path())
+    eos = find_eos_id(tok)
+    assert tok.decode([eos]) == "<|im_end|>", "a chat model must stop at its end-of-turn token"

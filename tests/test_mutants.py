@@ -6,19 +6,20 @@ For each ``tests/mutants/<exercise_stem>.py`` (see :mod:`shared.course.mutants` 
   contains its ``expect`` text, so the feedback names the mistake;
 * every ALTERNATIVE (a correct solution in another style) passes every check.
 
-Each variant is graded as a student's notebook is (sandbox, course check cells), two at a
-time, as CI has two cores.
+Each variant is graded as a student's notebook is (the same plan, sandbox, course check cells
+and scoring, :mod:`shared.course.grade`), in two sandboxes at a time as CI has two cores; each
+sandbox runs its share of the variants in processes forked after importing torch
+(:func:`shared.course.grade.grade_batch`), which halves the suite's time.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from shared.course.exercises import solution_notebooks
-from shared.course.mutants import load_library, run_variant
+from shared.course.mutants import load_library, run_variants
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBRARIES = sorted((ROOT / "tests" / "mutants").glob("exercise_*.py"))
@@ -44,10 +45,9 @@ def test_library_is_large_enough(lib):
 def outcomes(request):
     """Grade the selected variants, two at a time, once for the whole module."""
     wanted = [item.callspec.params["variant"] for item in request.session.items
-              if item.module is request.module and hasattr(item, "callspec") and "variant" in item.callspec.params]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        done = pool.map(lambda key: run_variant(*VARIANTS[key]), wanted)
-        return dict(zip(wanted, done))
+              if getattr(item, "module", None) is request.module  # nbval's notebook cells have no .module
+              and hasattr(item, "callspec") and "variant" in item.callspec.params]
+    return dict(zip(wanted, run_variants([VARIANTS[key] for key in wanted], jobs=2)))
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

