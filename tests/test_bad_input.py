@@ -30,10 +30,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 MODULES = ("tokenizer", "data", "attention", "model", "weights", "generate", "checkpoint", "train",
-           "hardware", "finetune", "instruct", "lora", "runtime")
+           "hardware", "finetune", "instruct", "lora", "runtime", "chat", "grpo")
 
 from shared import attention, checkpoint, data, finetune, generate, hardware, instruct, lora, model  # noqa: E402
-from shared import runtime, tokenizer, train, weights  # noqa: E402
+from shared import chat, grpo, runtime, tokenizer, train, weights  # noqa: E402
 from shared.attention import KVCache, MultiHeadAttention  # noqa: E402
 from shared.model import GPTConfig, GPTModel  # noqa: E402
 from shared.tokenizer import BPETokenizer  # noqa: E402
@@ -373,6 +373,26 @@ CASES: list = [
     ("instruct.exact_match", lambda t: instruct.exact_match(_model(), _tok(), []), ValueError, "record"),
     ("instruct.train_instructions", lambda t: instruct.train_instructions(_model(), [], steps=1), ValueError,
      "examples"),
+    # ---------------------------------------------------------------- chat
+    ("chat.add_chat_tokens", lambda t: chat.add_chat_tokens("gpt2"), TypeError, "BPETokenizer"),
+    ("chat.resize_token_embeddings", lambda t: chat.resize_token_embeddings(_model(), 3), ValueError, "vocab_size"),
+    ("chat.render_chat", lambda t: chat.render_chat([{"role": "bot", "content": "x"}]), ValueError, "role"),
+    ("chat.encode_chat", lambda t: chat.encode_chat(_tok(), [{"role": "user", "content": "x"}]), ValueError,
+     "add_chat_tokens"),
+    ("chat.chat_collate", lambda t: chat.chat_collate([([1, 2], [1])], 0), ValueError, "labels"),
+    ("chat.make_conversations", lambda t: chat.make_conversations(0), ValueError, "n must"),
+    ("chat.show_loss_mask", lambda t: chat.show_loss_mask(_tok(), [1, 2], [1]), ValueError, "labels"),
+    ("chat.chat_generate", lambda t: chat.chat_generate(_model(), chat.add_chat_tokens(_tok()), []), ValueError,
+     "messages_batch"),
+    ("chat.chat_exact_match", lambda t: chat.chat_exact_match(_model(), chat.add_chat_tokens(_tok()), []), ValueError,
+     "conversations"),
+    # ---------------------------------------------------------------- grpo
+    ("grpo.group_advantages", lambda t: grpo.group_advantages(torch.ones(4)), ValueError, "rewards"),
+    ("grpo.token_logprobs", lambda t: grpo.token_logprobs(_model(), torch.zeros(2, 3)), TypeError, "ids"),
+    ("grpo.grpo_loss", lambda t: grpo.grpo_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3),
+                                                torch.zeros(2), torch.ones(2, 3), clip_eps=0.0), ValueError, "clip_eps"),
+    ("grpo.train_grpo", lambda t: grpo.train_grpo(_model(), _model(), _tok(), [], lambda r, x: 0.0, steps=1),
+     ValueError, "records"),
     # ---------------------------------------------------------------- lora
     ("lora.LoRALinear", lambda t: lora.LoRALinear(torch.nn.Linear(4, 4), 0, 1.0), ValueError, "rank"),
     ("lora.LoRALinear", lambda t: lora.LoRALinear(torch.nn.Conv1d(4, 4, 1), 1, 1.0), ValueError, "nn.Linear"),
