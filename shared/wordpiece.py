@@ -137,13 +137,15 @@ def _score(pair_count: int, count_a: int, count_b: int) -> float:
     return pair_count / (count_a * count_b)
 
 
-def naive_wordpiece_merges(word_counts: dict[str, int], n_pieces: int) -> list[tuple[str, str]]:
+def naive_wordpiece_merges(word_counts: dict[str, int], n_pieces: int,
+                           min_frequency: int = 1) -> list[tuple[str, str]]:
     """The textbook loop: recount every piece and pair after every merge (slow; the reference).
 
     Merges until ``n_pieces`` distinct new pieces exist (two merges can make the same piece:
     ``"a" + "##bc"`` and ``"ab" + "##c"``) or no pair is left. Returns the merged pairs
     ``(a, b)`` in the order learned. Best pair = highest
-    ``count(a, b) / (count(a) * count(b))``; ties go to the smallest ``(a, b)``.
+    ``count(a, b) / (count(a) * count(b))`` among the pairs that occur at least
+    ``min_frequency`` times; ties go to the smallest ``(a, b)``.
     """
     words = {w: _spell(w) for w in word_counts}
     merges: list[tuple[str, str]] = []
@@ -156,9 +158,10 @@ def naive_wordpiece_merges(word_counts: dict[str, int], n_pieces: int) -> list[t
                 piece_counts[p] += c
             for pair in zip(pieces, pieces[1:]):
                 pair_counts[pair] += c
-        if not pair_counts:
+        eligible = [p for p, n in pair_counts.items() if n >= min_frequency]
+        if not eligible:
             break
-        best = min(pair_counts, key=lambda p: (-_score(pair_counts[p], piece_counts[p[0]], piece_counts[p[1]]), p))
+        best = min(eligible, key=lambda p: (-_score(pair_counts[p], piece_counts[p[0]], piece_counts[p[1]]), p))
         merges.append(best)
         new = merge_pieces(*best)
         created.add(new)
@@ -175,7 +178,7 @@ def naive_wordpiece_merges(word_counts: dict[str, int], n_pieces: int) -> list[t
     return merges
 
 
-def wordpiece_merges(word_counts: dict[str, int], n_pieces: int) -> list[tuple[str, str]]:
+def wordpiece_merges(word_counts: dict[str, int], n_pieces: int, min_frequency: int = 1) -> list[tuple[str, str]]:
     """The same merges as :func:`naive_wordpiece_merges`, computed incrementally (fast).
 
     ``pair_counts``/``piece_counts`` are kept up to date; ``where[pair]`` is the set of words
@@ -188,6 +191,9 @@ def wordpiece_merges(word_counts: dict[str, int], n_pieces: int) -> list[tuple[s
     Args:
         word_counts: ``{word: count}``, each distinct pre-token once.
         n_pieces: how many distinct new pieces to make; stops early when no pair is left.
+        min_frequency: only pairs that occur at least this often may merge (as the
+            ``min_frequency`` of Hugging Face's trainers). The likelihood score favours pairs of
+            rare pieces; a floor keeps it from spending the vocabulary on names seen a few times.
     Returns:
         the merged pairs ``(a, b)`` in the order learned.
     """
@@ -217,6 +223,8 @@ def wordpiece_merges(word_counts: dict[str, int], n_pieces: int) -> list[tuple[s
         neg_score, pair = heapq.heappop(heap)
         if pair_counts.get(pair, 0) <= 0 or entry(pair)[0] != neg_score:
             continue  # stale: the pair is gone or its score changed after this entry was pushed
+        if pair_counts[pair] < min_frequency:
+            continue  # too rare; if its count grows again it is re-pushed with the pairs it touches
         merges.append(pair)
         a, b = pair
         new = merge_pieces(a, b)
@@ -302,7 +310,7 @@ class WordPieceTokenizer:
 
     @classmethod
     def train(cls, text: str, vocab_size: int, special_tokens: Collection[str] = (UNK,),
-              naive: bool = False) -> WordPieceTokenizer:
+              naive: bool = False, min_frequency: int = 1) -> WordPieceTokenizer:
         """Learn a vocabulary of ``vocab_size`` pieces from ``text`` (specials and characters included).
 
         Args:
@@ -310,16 +318,20 @@ class WordPieceTokenizer:
             vocab_size: the final vocabulary size.
             special_tokens: pieces that get the first ids; must include ``[UNK]``.
             naive: use :func:`naive_wordpiece_merges` (slow reference); same result.
+            min_frequency: only pairs seen at least this often merge (1: every pair).
         Raises:
             TypeError: if ``text`` is not a ``str``.
-            ValueError: if ``text`` has no words, ``[UNK]`` is not among ``special_tokens``, or
-                ``vocab_size`` cannot hold the specials plus every character of the text.
+            ValueError: if ``text`` has no words, ``[UNK]`` is not among ``special_tokens``,
+                ``vocab_size`` cannot hold the specials plus every character of the text, or
+                ``min_frequency`` is not an int >= 1.
         Warns:
             if the text runs out of pairs before ``vocab_size`` (check :attr:`vocab_size`).
         """
         import warnings
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
             raise ValueError(f"vocab_size must be an integer, got {vocab_size!r}")
+        if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
+            raise ValueError(f"min_frequency must be an int >= 1, got {min_frequency!r}")
         specials = list(dict.fromkeys(special_tokens))
         if UNK not in specials:
             raise ValueError(f"special_tokens must include {UNK!r}, got {specials}")
@@ -331,7 +343,8 @@ class WordPieceTokenizer:
         if vocab_size < base:
             raise ValueError(f"vocab_size={vocab_size} is too small: the {len(specials)} special token(s) and the "
                              f"{len(alphabet)} characters of the text need vocab_size >= {base}")
-        merges = (naive_wordpiece_merges if naive else wordpiece_merges)(dict(word_counts), vocab_size - base)
+        merges = (naive_wordpiece_merges if naive else wordpiece_merges)(dict(word_counts), vocab_size - base,
+                                                                         min_frequency)
         vocab = specials + alphabet
         seen = set(vocab)
         for a, b in merges:  # two different merges can make the same piece ("a"+"##bc", "ab"+"##c")

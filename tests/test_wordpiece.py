@@ -53,9 +53,19 @@ def test_hf_course_example_merges():
     assert merges == W.naive_wordpiece_merges(counts, 3)
 
 
-def test_incremental_equals_naive(corpus):
+@pytest.mark.parametrize("min_frequency", [1, 3, 20])
+def test_incremental_equals_naive(corpus, min_frequency):
     words = dict(random.Random(0).sample(sorted(Counter(bert_pretokenize(corpus[0][:60_000])).items()), 800))
-    assert W.wordpiece_merges(words, 250) == W.naive_wordpiece_merges(words, 250)
+    assert (W.wordpiece_merges(words, 250, min_frequency)
+            == W.naive_wordpiece_merges(words, 250, min_frequency))
+
+
+def test_min_frequency_keeps_rare_pairs_out():
+    # ('q', '##z') has the best score (see below) but occurs twice: a floor of 3 skips it for ('b', '##y').
+    text = "xy " * 3 + "xa " * 50 + "by " * 50 + "qz " * 2
+    assert WordPieceTokenizer.train(text, vocab_size=8, min_frequency=3).merges == [("b", "##y")]
+    with pytest.raises(ValueError, match="min_frequency"):
+        WordPieceTokenizer.train(text, vocab_size=8, min_frequency=0)
 
 
 def test_score_is_likelihood_not_frequency():
