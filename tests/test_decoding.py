@@ -10,13 +10,7 @@ from shared.generate import (apply_frequency_penalty, apply_repetition_penalty, 
 from shared.model import GPTConfig, GPTModel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster than two, and immune to a busy machine's contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py: tiny models run on one thread
 
 
 def tiny(vocab=6, seed=0, layers=1, d_model=16, ctx=32):

@@ -11,13 +11,7 @@ from shared.prune import (PRUNABLE, apply_masks, head_scores, magnitude_prune, n
                           prune_neurons, sparsity)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster than two, and immune to a busy machine's contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py: tiny models run on one thread
 
 
 def model(seed=0):

@@ -15,13 +15,7 @@ from shared.model import GPTConfig, GPTModel
 ALPHA = 1e-3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster than two, and immune to a busy machine's contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py: tiny models run on one thread
 
 
 def chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
