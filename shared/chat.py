@@ -35,7 +35,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from shared.instruct import IGNORE_INDEX, generate_instruction_data
+from shared.generate import generate, left_pad
+from shared.instruct import IGNORE_INDEX, _pad_rows, generate_instruction_data
 from shared.llama import chat_prompt
 from shared.tokenizer import BPETokenizer
 
@@ -145,7 +146,7 @@ def render_chat(messages: Sequence[dict], add_generation_prompt: bool = False) -
     return chat_prompt(list(messages), add_generation_prompt=add_generation_prompt, default_system=None)
 
 
-def _ids(tokenizer, token: str) -> int:
+def _special_id(tokenizer, token: str) -> int:
     if token not in tokenizer.special_tokens:
         raise ValueError(f"tokenizer has no special token {token!r}; use add_chat_tokens(tokenizer) first")
     return tokenizer.special_tokens[token]
@@ -167,7 +168,7 @@ def encode_chat(tokenizer: BPETokenizer, messages: Sequence[dict],
         ValueError: as :func:`render_chat`, or if the tokenizer lacks the ChatML tokens.
     """
     _check_messages(messages)
-    start, end = _ids(tokenizer, IM_START), _ids(tokenizer, IM_END)
+    start, end = _special_id(tokenizer, IM_START), _special_id(tokenizer, IM_END)
     nl = tokenizer.encode("\n")
     ids: list[int] = []
     labels: list[int] = []
@@ -214,15 +215,7 @@ def chat_collate(batch: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: i
         if len(ids) < 2:
             raise ValueError(f"example {i} has {len(ids)} token(s); need at least 2")
         rows.append((ids[:-1], labels[1:]))
-    T = max(len(x) for x, _ in rows)
-    inputs = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    targets = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, (x, y) in enumerate(rows):
-        inputs[i, :len(x)], targets[i, :len(y)], mask[i, :len(x)] = torch.tensor(x), torch.tensor(y), 1
-    if device is not None:
-        inputs, targets, mask = inputs.to(device), targets.to(device), mask.to(device)
-    return inputs, targets, mask
+    return _pad_rows(rows, pad_id, IGNORE_INDEX, device)
 
 
 def make_conversations(n: int, seed: int = 0, system: str | None = None) -> list[dict]:
@@ -295,11 +288,9 @@ def chat_generate(model: nn.Module, tokenizer, messages_batch: Sequence[Sequence
     Raises:
         ValueError: if ``messages_batch`` is empty (and as :func:`encode_chat`).
     """
-    from shared.generate import generate, left_pad
-
     if not messages_batch:
         raise ValueError("messages_batch must hold at least one conversation")
-    end = _ids(tokenizer, IM_END)
+    end = _special_id(tokenizer, IM_END)
     keep = max(1, model.cfg.context_length - max_new_tokens)
     prompts = [encode_chat(tokenizer, m, add_generation_prompt=True)[0][-keep:] for m in messages_batch]
     replies = []

@@ -303,6 +303,13 @@ def instruction_collate(batch: Sequence[tuple[Sequence[int], Sequence[int]]], pa
             n_masked = min(len(prompt) - 1, len(tgt))
             tgt = [ignore_index] * n_masked + tgt[n_masked:]
         rows.append((seq[:-1], tgt))
+    return _pad_rows(rows, pad_id, ignore_index, device)
+
+
+def _pad_rows(rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, ignore_index: int = IGNORE_INDEX,
+              device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad ``(inputs, targets)`` rows to the longest: inputs with ``pad_id``, targets with
+    ``ignore_index``; returns ``(inputs [B, T], targets [B, T], attention_mask [B, T])``."""
     T = max(len(x) for x, _ in rows)
     inputs = torch.full((len(rows), T), pad_id, dtype=torch.long)
     targets = torch.full((len(rows), T), ignore_index, dtype=torch.long)
