@@ -93,6 +93,7 @@ from shared.distributed import (  # noqa: E402
     wrap_model,
 )
 from shared.model import PRESETS as GPT2_PRESETS  # noqa: E402
+from shared.hardware import has_native_bf16  # noqa: E402
 from shared.model import GPTConfig, GPTModel  # noqa: E402
 
 #: Model sizes. The GPT-2 sizes use GPT-2's context (1024); the course sizes are for CPUs.
@@ -472,7 +473,7 @@ def _fresh_model(cfg: GPTConfig) -> GPTModel:
 def run(args: argparse.Namespace, info: DistInfo) -> int:
     from shared.checkpoint import set_rng_state
     from shared.hardware import device_name, mfu, peak_flops
-    from shared.train import TrainConfig, configure_optimizer, estimate_loss, train_step
+    from shared.train import TrainConfig, configure_optimizer, estimate_loss, make_grad_scaler, train_step
 
     check_out_dir(args)
     args = resolve_args(args, info.device)
@@ -485,7 +486,7 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        if torch.cuda.is_bf16_supported():
+        if has_native_bf16(device):  # not is_bf16_supported(): that counts a T4's emulated bf16
             amp_dtype = torch.bfloat16
         elif strategy == "fsdp":
             raise CLIError("--strategy fsdp here needs bf16 (an Ampere or newer GPU); use ddp on this GPU")
@@ -616,6 +617,9 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
         return float(all_reduce_mean(torch.tensor(local, device=device), info))
 
     no_sync = model.no_sync if strategy == "ddp" else None
+    # One loss scaler for the whole run (enabled only under fp16, e.g. a T4): its scale adapts
+    # over steps, so a fresh one per step would restart at 2**16 every time.
+    scaler = make_grad_scaler(device)
     model.train()
     recent: list[tuple[float, float]] = []  # (tokens/s, rank-0 CPU seconds per wall second)
     t_last, cpu_last = time.perf_counter(), time.process_time()
@@ -629,7 +633,7 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
         offsets = global_batch_offsets(len(train_tokens), T, args.batch_size, args.seed, step + data_shift)
         micro_batches = iter(rank_offsets(offsets, data_info, args.grad_accum))
         out = train_step(model, optimizer, lambda mb=micro_batches: read_windows(train_tokens, next(mb), T, device),
-                         step, tcfg, no_sync=no_sync)
+                         step, tcfg, scaler=scaler, no_sync=no_sync)
         loss = float(all_reduce_mean(torch.tensor(out["loss"], device=device), info))
         # Loss-spike guard: every rank sees the same all-reduced loss, so all rewind together.
         if args.spike_factor and len(loss_history) >= args.spike_warmup:

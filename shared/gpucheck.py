@@ -68,9 +68,9 @@ def _peak_mib(device: torch.device) -> float | None:
 
 def _amp_dtype(device: torch.device) -> torch.dtype:
     """The mixed-precision dtype the course uses on ``device`` (see shared.train.autocast_context)."""
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    from shared.hardware import amp_dtype
+
+    return amp_dtype(device)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["PEAK_TFLOPS", "peak_flops", "mfu", "device_name", "amp_dtype"]
+__all__ = ["PEAK_TFLOPS", "peak_flops", "mfu", "device_name", "amp_dtype", "has_native_bf16"]
 
 #: Dense peak TFLOP/s by (device-name substring, dtype). First match wins, so list more
 #: specific names first ("L40S" before "L4", "A100" before "A10"). An empty table means
@@ -68,7 +68,27 @@ def amp_dtype(device: torch.device | str | None = None) -> torch.dtype:
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type != "cuda":
         return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if has_native_bf16(device) else torch.float16
+
+
+def has_native_bf16(device: torch.device | str | None = None) -> bool:
+    """Whether the CUDA GPU ``device`` has bf16 tensor cores (compute capability 8.0 or newer:
+    Ampere, Ada, Hopper, Blackwell). ROCm GPUs count as bf16-capable; CPUs and MPS do not.
+
+    Why not ``torch.cuda.is_bf16_supported()``: by default it also answers ``True`` where bf16 is
+    only *emulated* (a Colab T4, compute capability 7.5), whose bf16 matmuls are several times
+    slower than its fp16 tensor cores and have no peak to quote for MFU.
+
+    Raises:
+        ValueError: as :func:`device_name`.
+    """
+    device_name(device)  # validates
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type != "cuda":
+        return False
+    if torch.version.hip:
+        return True
+    return tuple(torch.cuda.get_device_capability(device)) >= (8, 0)
 
 
 def peak_flops(device: torch.device | str | None = None, dtype: torch.dtype = torch.bfloat16) -> float | None:

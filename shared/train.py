@@ -342,6 +342,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, get_batch: Ca
     """One optimizer step: set the LR, accumulate ``cfg.grad_accum_steps`` micro-batches, clip, update.
 
     Args:
+        scaler: one :func:`make_grad_scaler` kept for the whole run. ``None`` makes a fresh one,
+            which is fine where it is disabled (bf16, fp32) but under fp16 (a T4) would forget
+            its calibrated loss scale every step, so a training loop must pass its own.
         no_sync: optional context factory used for every micro-batch but the last
             (``DistributedDataParallel.no_sync``), so gradients are all-reduced once per step.
 
@@ -424,10 +427,9 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, get_batch: Callabl
         ckpt = load_checkpoint(ckpt_path, model=model, optimizer=optimizer, map_location=device, restore_rng=True)
         start = int(ckpt["step"])
         history.update({k: v for k, v in ckpt.get("extra", {}).get("history", {}).items() if k in history})
-    amp_dtype = torch.float32
-    if device.type == "cuda" and cfg.amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    peak = peak_flops(device, amp_dtype)
+    # The dtype autocast_context computes in (bf16 with native support, else fp16), for MFU.
+    compute_dtype = amp_dtype(device) if device.type == "cuda" and cfg.amp else torch.float32
+    peak = peak_flops(device, compute_dtype)
     model.train()
 
     def save(step_done: int) -> None:
