@@ -308,6 +308,7 @@ CASES: list = [
     ("hardware.mfu", lambda t: hardware.mfu(1.0, 0.0, 1e12), ValueError, "flops_per_token"),
     ("hardware.device_name", lambda t: hardware.device_name("tpu9"), ValueError, "device"),
     ("hardware.amp_dtype", lambda t: hardware.amp_dtype("tpu9"), ValueError, "device"),
+    ("hardware.has_native_bf16", lambda t: hardware.has_native_bf16(42), ValueError, "device"),
     # ---------------------------------------------------------------- finetune
     ("finetune.starting_model", lambda t: finetune.starting_model(use_gpt2="yes"), TypeError, "use_gpt2"),
     ("finetune.play_label", lambda t: finetune.play_label(data.Play("x", "X", "poems", "")), ValueError, "genre"),
