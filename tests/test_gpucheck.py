@@ -10,15 +10,19 @@ from shared import gpucheck
 
 
 @pytest.fixture(scope="module")
-def quick_report():
-    items = ("train_throughput", "kv_cache_decoding", "attention", "course_recipe")
-    return gpucheck.run_checks("cpu", quick=True, budget_s=120, items=items, log=lambda s: None)
+def quick_report(tmp_path_factory):
+    """The command the README gives, ``python -m shared.gpucheck --device cpu --quick --out ...``."""
+    out = tmp_path_factory.mktemp("gpucheck") / "report.json"
+    assert gpucheck.main(["--device", "cpu", "--quick", "--out", str(out)]) == 0
+    return json.loads(out.read_text())
 
 
 def test_quick_mode_reports_every_item_without_errors(quick_report):
     r = quick_report
     assert r["errors"] == {}, r["errors"]
-    assert set(r["results"]) == {"train_throughput", "kv_cache_decoding", "attention", "course_recipe"}
+    assert set(r["results"]) == set(gpucheck.ITEMS)
+    (nb,) = r["results"]["notebooks"]["rows"]  # one notebook, under the smoke profile
+    assert nb["status"] == "ok" and r["results"]["notebooks"]["profile"] == "smoke", nb
     (row,) = r["results"]["train_throughput"]["rows"]  # no compile row on the CPU under --quick
     assert row["mode"] == "eager" and row["tokens_per_s"] > 0
     assert row["mfu"] is None, "a CPU has no known peak: MFU must be None, not a made-up figure"
@@ -28,8 +32,10 @@ def test_quick_mode_reports_every_item_without_errors(quick_report):
     assert [row["T"] for row in r["results"]["attention"]["rows"]] == [128, 256]
     c = r["results"]["course_recipe"]
     assert c["recipe"] == "smoke" and 0 < c["val_bits_per_byte"] < 10
+    assert [row["kjv_weight"] for row in c["rows"]] == [0.3, 0.0], "with and without the KJV"
+    assert all(0 < row["val_bits_per_byte"] < 10 for row in c["rows"])
     md = gpucheck.markdown(r)
-    assert "--quick: toy sizes" in md and "## 2. KV-cache decoding" in md
+    assert "--quick: toy sizes" in md and "## 2. KV-cache decoding" in md and "plays + KJV (30% of windows)" in md
 
 
 def test_the_gpu_recipe_is_chosen_on_cuda_only():
@@ -41,6 +47,9 @@ def test_the_gpu_recipe_is_chosen_on_cuda_only():
     g = RECIPES["gpu"]
     n = GPTModel(GPTConfig(vocab_size=g["vocab_size"], **g["model"])).num_parameters()
     assert n > 10e6 and g["model"]["context_length"] >= 256 and g["model"]["dropout"] > 0
+    assert 0 < g["kjv_weight"] < 1, "the GPU recipe mixes in the second corpus (Chapter 2b's KJV)"
+    assert "kjv_weight" not in RECIPES["default"] and "kjv_weight" not in RECIPES["smoke"], \
+        "the CPU default and smoke recipes stay as they are"
     with pytest.raises(ValueError, match="unknown profile"):
         recipe_name("huge", "cpu")
 

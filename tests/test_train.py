@@ -342,3 +342,33 @@ def test_course_model_trains_saves_then_loads(tmp_path, monkeypatch, capsys):
     (tmp_path / "course_gpt_smoke.pt").write_bytes(b"garbage")
     pre.course_model(device="cpu")
     assert "is not a valid checkpoint" in capsys.readouterr().out
+
+
+def test_mixed_batch_draws_each_window_from_a_source_in_proportion():
+    from shared.pretrained import mixed_batch
+
+    a, b = np.zeros(1000, dtype=np.uint16), np.ones(1000, dtype=np.uint16)  # source = the token value
+    g = torch.Generator().manual_seed(0)
+    rows = torch.cat([mixed_batch([(a, 0.7), (b, 0.3)], 50, 8, generator=g)[0] for _ in range(40)])
+    frac_b = rows[:, 0].float().mean().item()
+    assert 0.25 < frac_b < 0.35, frac_b  # 2,000 windows: 3 standard errors is 0.03
+    assert ((rows == 0).all(1) | (rows == 1).all(1)).all(), "a window must come from one source"
+    x, y = mixed_batch([(np.arange(100, dtype=np.uint16), 1.0)], 4, 8, generator=g)
+    assert torch.equal(x[:, 1:], y[:, :-1]) and x.shape == (4, 8)
+    for bad in ([(a, 0.5), (b, 0.4)], [(a, 1.2), (b, -0.2)], []):
+        with pytest.raises(ValueError, match="sources"):
+            mixed_batch(bad, 4, 8)
+
+
+def test_a_recipe_with_the_kjv_trains_its_tokenizer_on_both_and_validates_on_the_plays():
+    from shared.data import load_shakespeare
+    from shared.pretrained import prepare_data
+
+    rec = dict(vocab_size=300, text_chars=30_000, val_chars=5_000, kjv_weight=0.3)
+    data = prepare_data(rec)
+    kjv = data["tokenizer"].decode(data["kjv_ids"][:2000].tolist())
+    assert "LORD" in kjv or "God" in kjv
+    assert data["tokenizer"].decode(data["val_ids"].tolist()) == load_shakespeare("val")[:5_000]
+    assert prepare_data({**rec, "kjv_weight": 0.0})["kjv_ids"] is None
+    with pytest.raises(ValueError, match="kjv_weight"):
+        prepare_data({**rec, "kjv_weight": 1.0})
