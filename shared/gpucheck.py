@@ -97,10 +97,22 @@ def _timeit(fn, device: torch.device, warmup: int, iters: int) -> float:
 
 # ----------------------------------------------------------------------------- 1. training throughput
 
+def _batch_for(device: torch.device, quick: bool) -> int:
+    """Micro-batch for GPT-2 124M at T = 1024: larger where memory allows (higher MFU)."""
+    if quick:
+        return 4
+    if device.type != "cuda":
+        return 2
+    gib = torch.cuda.get_device_properties(device).total_memory / 2**30
+    return 32 if gib >= 70 else 16 if gib >= 35 else 8
+
+
 def train_throughput(device: torch.device, quick: bool, compile_: bool = True) -> dict:
     """Tokens/s and MFU of one training step (forward, backward, fused AdamW), eager and compiled.
 
-    GPT-2 124M (``gpt2-small``, context 1024) on a GPU; a toy GPT under ``quick``.
+    GPT-2 124M (``gpt2-small``, context 1024) on a GPU; a toy GPT under ``quick``. Both modes
+    start from the same weights and batch, so their first-step losses must agree
+    (``compile_loss_diff``); a mode that fails is reported with its error and the other still runs.
     """
     from shared.hardware import device_name, mfu, peak_flops
     from shared.model import GPTConfig, GPTModel
@@ -108,55 +120,61 @@ def train_throughput(device: torch.device, quick: bool, compile_: bool = True) -
 
     if quick:
         cfg = GPTConfig(vocab_size=512, context_length=64, d_model=64, n_heads=4, n_layers=2)
-        B, warmup, iters = 4, 1, 3
+        warmup, iters = 1, 3
     else:
         cfg = GPTConfig.from_preset("gpt2-small")
-        B, warmup, iters = 16, 3, 10
-    T = cfg.context_length
+        warmup, iters = 3, 10
+    B, T = _batch_for(device, quick), cfg.context_length
     dtype = _amp_dtype(device)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     peak = peak_flops(device, dtype)
-    rows = []
+    rows, first_loss = [], {}
     modes = ["eager"] + (["compile"] if compile_ else [])
     for mode in modes:
-        torch.manual_seed(0)
-        model = GPTModel(cfg).to(device)
-        optimizer = configure_optimizer(model, lr=1e-4, weight_decay=0.1)  # fused on CUDA
-        scaler = make_grad_scaler(device)
-        fwd = torch.compile(model) if mode == "compile" else model
-        x = torch.randint(0, cfg.vocab_size, (B, T), device=device)
-        y = torch.randint(0, cfg.vocab_size, (B, T), device=device)
+        try:
+            torch.manual_seed(0)
+            model = GPTModel(cfg).to(device)
+            # fused AdamW: one kernel for the whole update (CUDA, and the CPU since torch 2.4)
+            optimizer = configure_optimizer(model, lr=1e-4, weight_decay=0.1, fused=True)
+            scaler = make_grad_scaler(device)
+            fwd = torch.compile(model) if mode == "compile" else model
+            gen = torch.Generator().manual_seed(1)
+            x = torch.randint(0, cfg.vocab_size, (B, T), generator=gen).to(device)
+            y = torch.randint(0, cfg.vocab_size, (B, T), generator=gen).to(device)
 
-        def step():
-            with _autocast(device, dtype):
-                loss = cross_entropy_loss(fwd(x), y)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            def step():
+                with _autocast(device, dtype):
+                    loss = cross_entropy_loss(fwd(x), y)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                return loss.detach()
 
-        _reset_peak(device)
-        t0 = time.perf_counter()
-        step()  # the first step includes compilation
-        _sync(device)
-        first = time.perf_counter() - t0
-        sec = _timeit(step, device, warmup, iters)
-        tps = B * T / sec
-        m = mfu(tps, model.flops_per_token(T), peak)
-        rows.append({"mode": mode, "batch_size": B, "context_length": T, "seconds_per_step": sec,
-                     "first_step_seconds": first, "tokens_per_s": tps, "mfu": m,
-                     "peak_memory_mib": _peak_mib(device),
-                     "fused_adamw": bool(optimizer.defaults.get("fused"))})
-        del model, optimizer, fwd
+            _reset_peak(device)
+            t0 = time.perf_counter()
+            first_loss[mode] = float(step())  # the first step includes compilation
+            first = time.perf_counter() - t0
+            sec = _timeit(step, device, warmup, iters)
+            tps = B * T / sec
+            rows.append({"mode": mode, "batch_size": B, "context_length": T, "seconds_per_step": sec,
+                         "first_step_seconds": first, "first_step_loss": first_loss[mode],
+                         "tokens_per_s": tps, "mfu": mfu(tps, model.flops_per_token(T), peak),
+                         "peak_memory_mib": _peak_mib(device),
+                         "fused_adamw": bool(optimizer.param_groups[0].get("fused"))})
+            del model, optimizer, fwd
+        except Exception as e:  # e.g. no C++ compiler for torch.compile: keep the other mode
+            rows.append({"mode": mode, "error": f"{type(e).__name__}: {str(e).strip()[:300]}"})
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    diff = abs(first_loss["compile"] - first_loss["eager"]) if len(first_loss) == 2 else None
     return {"model": "gpt2-small (124M)" if not quick else "toy GPT (quick)",
             "parameters": GPTModel(cfg).num_parameters(), "dtype": str(dtype).replace("torch.", ""),
             "device": device_name(device), "peak_tflops": None if peak is None else peak / 1e12,
-            "flops_per_token": GPTModel(cfg).flops_per_token(T), "rows": rows,
+            "flops_per_token": GPTModel(cfg).flops_per_token(T), "rows": rows, "compile_loss_diff": diff,
             "target": "MFU >= 0.50 against the dense bf16 peak on an H100/H200 (989 TFLOP/s)"}
 
 
@@ -351,7 +369,7 @@ def run_checks(device: str | torch.device = "cuda", quick: bool = False, budget_
             then runs only the first notebook, under ``LLM_PROFILE=smoke``.
         budget_s: total seconds; the notebooks (item 5) get what items 1-4 leave of it.
         items: which of :data:`ITEMS` to run.
-        compile_: also time ``torch.compile`` (default: yes, except on the CPU under ``quick``).
+        compile_: also time ``torch.compile`` (default: yes; on the CPU it needs a C++ compiler).
 
     Raises:
         ValueError: for an unknown item, a non-positive budget, or ``cuda`` without a GPU.
@@ -365,7 +383,7 @@ def run_checks(device: str | torch.device = "cuda", quick: bool = False, budget_
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' but no CUDA GPU is visible; use --device cpu --quick on a CPU")
     if compile_ is None:
-        compile_ = not (quick and device.type == "cpu")
+        compile_ = True
     from shared.hardware import device_name
 
     report = {"device": device_name(device), "quick": quick, "torch": torch.__version__,
@@ -417,9 +435,14 @@ def markdown(report: dict) -> str:
         out.append(f"## 1. Training throughput: {t['model']}, {t['dtype']}, peak {_fmt(t['peak_tflops'])} TFLOP/s\n")
         out.append("| mode | batch x T | tokens/s | MFU | first step (s) | peak MiB | fused AdamW |\n|---|---|---|---|---|---|---|")
         for row in t["rows"]:
+            if "error" in row:
+                out.append(f"| {row['mode']} | failed: `{row['error'][:120]}` | | | | | |")
+                continue
             m = "—" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%"
             out.append(f"| {row['mode']} | {row['batch_size']} x {row['context_length']} | {row['tokens_per_s']:,.0f} | {m} "
                        f"| {row['first_step_seconds']:.1f} | {_fmt(row['peak_memory_mib'], '.0f')} | {row['fused_adamw']} |")
+        if t.get("compile_loss_diff") is not None:
+            out.append(f"\nFirst-step loss, compiled minus eager: {t['compile_loss_diff']:.1e} (same weights and batch).")
         out.append(f"\nTarget: {t['target']}.\n")
     if "kv_cache_decoding" in r:
         k = r["kv_cache_decoding"]
