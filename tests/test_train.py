@@ -109,9 +109,12 @@ def test_configure_optimizer_groups():
     assert sum(p.numel() for p in all_params) == model.num_parameters()
 
 
-def test_configure_optimizer_step_equals_hand_built_adamw():
+@pytest.mark.parametrize("fused", [False, True], ids=["foreach", "fused"])
+def test_configure_optimizer_step_equals_hand_built_adamw(fused):
+    """Also the fused kernel a GPU run uses (torch has it on the CPU too), against plain AdamW."""
     model_a, model_b = tiny_model(), tiny_model()
-    opt_a = configure_optimizer(model_a, lr=1e-2, weight_decay=0.1, fused=False)
+    opt_a = configure_optimizer(model_a, lr=1e-2, weight_decay=0.1, fused=fused)
+    assert bool(opt_a.param_groups[0].get("fused")) == fused
     params_b = dict(model_b.named_parameters())
     decay = [p for n, p in params_b.items() if p.dim() >= 2 and "emb" not in n]
     rest = [p for n, p in params_b.items() if not (p.dim() >= 2 and "emb" not in n)]
