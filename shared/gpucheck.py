@@ -214,15 +214,22 @@ def kv_cache_decoding(device: torch.device, quick: bool) -> dict:
                 out[(use_cache, "s")] = time.perf_counter() - t0
                 out[(use_cache, "mem")] = _peak_mib(device)
             same = bool(torch.equal(out[True], out[False]))
-            first_diff = None
-            if not same:
+            first_diff, gap = None, None
+            if not same:  # where do they part, and was it a near-tie that rounding can flip?
                 diff = (out[True] != out[False]).any(0).nonzero()
-                first_diff = int(diff[0]) - prompt_len if len(diff) else None
+                pos = int(diff[0])
+                first_diff = pos - prompt_len
+                b = int((out[True][:, pos] != out[False][:, pos]).nonzero()[0])
+                with torch.no_grad():
+                    top2 = model(out[False][b:b + 1, :pos])[0, -1].float().topk(2).values
+                gap = float(top2[0] - top2[1])
             rows.append({"batch_size": batch, "new_tokens": new_tokens,
                          "cached_tokens_per_s": batch * new_tokens / out[(True, "s")],
                          "uncached_tokens_per_s": batch * new_tokens / out[(False, "s")],
                          "speedup": out[(False, "s")] / out[(True, "s")], "identical_tokens": same,
                          "first_differing_new_token": first_diff,
+                         # the top-2 logit gap there: ~1e-6 means a tie broken by rounding, not a bug
+                         "top2_logit_gap_at_first_difference": gap,
                          "cached_peak_memory_mib": out[(True, "mem")],
                          "uncached_peak_memory_mib": out[(False, "mem")]})
     finally:
@@ -449,8 +456,11 @@ def markdown(report: dict) -> str:
         out.append(f"## 2. KV-cache decoding: {k['model']}, {k['dtype']}\n")
         out.append("| batch | new tokens | cached tok/s | uncached tok/s | speed-up | identical tokens |\n|---|---|---|---|---|---|")
         for row in k["rows"]:
+            same = "yes" if row["identical_tokens"] else (
+                f"no: from new token {row['first_differing_new_token']}, "
+                f"top-2 logit gap there {row['top2_logit_gap_at_first_difference']:.1e}")
             out.append(f"| {row['batch_size']} | {row['new_tokens']} | {row['cached_tokens_per_s']:,.0f} | "
-                       f"{row['uncached_tokens_per_s']:,.0f} | {row['speedup']:.1f}x | {row['identical_tokens']} |")
+                       f"{row['uncached_tokens_per_s']:,.0f} | {row['speedup']:.1f}x | {same} |")
         out.append("")
     if "attention" in r:
         a = r["attention"]

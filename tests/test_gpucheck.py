@@ -103,3 +103,26 @@ def test_bad_arguments_are_named(kwargs, match):
 def test_cuda_without_a_gpu_is_a_clear_error():
     with pytest.raises(ValueError, match="no CUDA GPU"):
         gpucheck.run_checks("cuda")
+
+
+def test_kv_cache_item_reports_where_cached_and_uncached_tokens_part(monkeypatch):
+    import shared.generate as gen
+
+    real = gen.generate
+
+    def cached_goes_wrong(model, idx, max_new_tokens, use_cache=True, **kw):
+        out = real(model, idx, max_new_tokens, use_cache=use_cache, **kw)
+        if use_cache:
+            out = out.clone()
+            out[-1, idx.shape[1] + 3] = (out[-1, idx.shape[1] + 3] + 1) % model.cfg.vocab_size
+        return out
+
+    monkeypatch.setattr(gen, "generate", cached_goes_wrong)
+    rows = gpucheck.kv_cache_decoding(torch.device("cpu"), quick=True)["rows"]
+    for row in rows:
+        assert row["identical_tokens"] is False and row["first_differing_new_token"] == 3, row
+        assert row["top2_logit_gap_at_first_difference"] >= 0
+    md = gpucheck.markdown({"device": "cpu", "torch": "x", "cuda": None, "python": "3", "started": "now",
+                            "total_seconds": 1.0, "quick": True, "errors": {},
+                            "results": {"kv_cache_decoding": {"model": "toy", "dtype": "float32", "rows": rows}}})
+    assert "no: from new token 3" in md
