@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.train import autocast_context, make_grad_scaler, optimizer_step
+
 __all__ = ["sequence_logprobs", "dpo_loss", "preference_collate", "train_dpo", "sample_preference_pairs"]
 
 
@@ -196,6 +198,7 @@ def train_dpo(policy: nn.Module, reference: nn.Module, pairs: Sequence[tuple[lis
         raise ValueError(f"need steps >= 1 and pairs, got steps={steps}, {len(pairs)} pairs")
     reference.eval().requires_grad_(False)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    scaler = make_grad_scaler(device)  # enabled only under fp16 (a T4)
     rng = random.Random(seed)
     order: list[int] = []
     max_len = getattr(getattr(policy, "cfg", None), "context_length", None)
@@ -210,14 +213,12 @@ def train_dpo(policy: nn.Module, reference: nn.Module, pairs: Sequence[tuple[lis
         chunk, order = order[:batch_size], order[batch_size:]
         ids, mask = preference_collate([pairs[i] for i in chunk], pad_id, max_length=max_len, device=device)
         B = len(chunk)
-        logps = sequence_logprobs(policy, ids, mask)                   # [2B]
-        with torch.no_grad():
-            ref_logps = sequence_logprobs(reference, ids, mask)
+        with autocast_context(device):  # bf16/fp16 on a GPU, plain fp32 on the CPU
+            logps = sequence_logprobs(policy, ids, mask)               # [2B]
+            with torch.no_grad():
+                ref_logps = sequence_logprobs(reference, ids, mask)
         loss, r_w, r_l = dpo_loss(logps[:B], logps[B:], ref_logps[:B], ref_logps[B:], beta)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(loss, opt, params, scaler, max_norm=1.0)
         margin = r_w - r_l
         hist["loss"].append(loss.item())
         hist["margin"].append(margin.mean().item())

@@ -30,6 +30,7 @@ from torch import nn
 import numpy as np
 
 from shared.data import VAL_PLAYS, Play, shakespeare_plays
+from shared.train import autocast_context, make_grad_scaler, optimizer_step
 
 __all__ = ["starting_model", "LABELS", "GENRE_TO_LABEL", "FOLIO_OVERRIDES", "play_label", "genre_split",
            "heldout_play_split", "cut_passages", "SPEAKER_TAG", "strip_speaker_lines", "Passage", "make_genre_dataset",
@@ -437,6 +438,7 @@ def train_classifier(clf: GPTClassifier, data: Sequence[Passage], *, steps: int,
     groups = [{"params": [p for p in params if id(p) in head_ids], "lr": head_lr},
               {"params": [p for p in params if id(p) not in head_ids], "lr": lr}]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=weight_decay)
+    scaler = make_grad_scaler(device)  # enabled only under fp16 (a T4)
     rng = random.Random(seed)
     torch.manual_seed(seed)
     clf.train()
@@ -454,10 +456,9 @@ def train_classifier(clf: GPTClassifier, data: Sequence[Passage], *, steps: int,
         except StopIteration:
             it = _batches(data, batch_size, pad_id, device, shuffle=True, rng=rng)
             idx, mask, y = next(it)
-        loss = F.cross_entropy(clf(idx, mask), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with autocast_context(device):  # bf16/fp16 on a GPU, plain fp32 on the CPU
+            loss = F.cross_entropy(clf(idx, mask), y)
+        optimizer_step(loss, opt, params, scaler, max_norm=None)
         losses.append(loss.item())
         if log_every and (step % log_every == 0 or step == steps):
             print(f"step {step:4d}  loss {loss.item():.3f}")

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.train import autocast_context, make_grad_scaler, optimizer_step
+
 __all__ = ["group_advantages", "token_logprobs", "grpo_loss", "train_grpo"]
 
 
@@ -141,7 +143,9 @@ def train_grpo(policy: nn.Module, reference: nn.Module, tokenizer, records: Sequ
     rng = random.Random(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     order: list[int] = []
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    scaler = make_grad_scaler(device)  # enabled only under fp16 (a T4)
     reference.eval()
     hist = {"reward": [], "informative": [], "kl": [], "loss": []}
     t0 = time.perf_counter()
@@ -170,14 +174,12 @@ def train_grpo(policy: nn.Module, reference: nn.Module, tokenizer, records: Sequ
         for r, (p, a) in enumerate(zip(batch_prompts, answers)):
             mask[r, len(p) - 1:len(p) - 1 + len(a)] = 1                                  # targets = answer tokens
         policy.train()
-        logps = token_logprobs(policy, ids)
-        with torch.no_grad():
-            ref_logps = token_logprobs(reference, ids)
+        with autocast_context(device):  # bf16/fp16 on a GPU, plain fp32 on the CPU
+            logps = token_logprobs(policy, ids)
+            with torch.no_grad():
+                ref_logps = token_logprobs(reference, ids)
         loss, stats = grpo_loss(logps, logps.detach(), ref_logps, adv, mask, beta=beta, clip_eps=clip_eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        opt.step()
+        optimizer_step(loss, opt, params, scaler, max_norm=1.0)
         hist["reward"].append(rewards.mean().item())
         hist["informative"].append((rewards.std(1) > 0).float().mean().item())
         hist["kl"].append(stats["kl"])

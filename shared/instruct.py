@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.generate import find_eos_id, generate, left_pad
+from shared.train import autocast_context, make_grad_scaler, optimizer_step
 
 __all__ = ["EOS", "IGNORE_INDEX", "PREAMBLE", "PREAMBLE_NO_INPUT", "format_prompt", "load_alpaca_json",
            "TASKS", "generate_instruction_data", "split_instruction_data", "encode_example",
@@ -475,6 +476,7 @@ def train_instructions(model: nn.Module, examples: Sequence[tuple[list[int], lis
     if steps < 1 or not examples:
         raise ValueError(f"need steps >= 1 and examples, got steps={steps}, {len(examples)} examples")
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    scaler = make_grad_scaler(device)  # enabled only under fp16 (a T4)
     rng = random.Random(seed)
     order: list[int] = []
     losses = []
@@ -494,12 +496,10 @@ def train_instructions(model: nn.Module, examples: Sequence[tuple[list[int], lis
             x, y, _ = collate(batch, pad_id, max_length=model.cfg.context_length, device=device)
         # Right padding: under the causal mask a real token never attends to the padding after
         # it, so no attention mask is needed (and the fast is_causal attention path is kept).
-        logits = model(x)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        with autocast_context(device):  # bf16/fp16 on a GPU, plain fp32 on the CPU
+            logits = model(x)
+            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX)
+        optimizer_step(loss, opt, params, scaler, max_norm=1.0)
         losses.append(loss.item())
         if log_every and (step % log_every == 0 or step == steps - 1):
             print(f"step {step:4d}  loss {loss.item():.3f}")

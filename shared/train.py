@@ -33,7 +33,7 @@ from shared.hardware import amp_dtype
 
 __all__ = ["cross_entropy_loss", "perplexity", "bits_per_byte", "lr_at", "configure_optimizer",
            "check_finite", "estimate_loss", "autocast_context", "make_grad_scaler",
-           "TrainConfig", "train_step", "train"]
+           "optimizer_step", "TrainConfig", "train_step", "train"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -224,6 +224,45 @@ def make_grad_scaler(device: torch.device | str) -> torch.amp.GradScaler:
     device = _as_device(device)
     enabled = amp_dtype(device) == torch.float16
     return torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu", enabled=enabled)
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params,
+                   scaler: torch.amp.GradScaler | None = None, max_norm: float | None = 1.0) -> float | None:
+    """The update half of a training step, for loops that run under :func:`autocast_context`:
+    zero the gradients, backward the (scaled) ``loss``, unscale, clip, step, update the scale.
+
+    Without a scaler, or with a disabled one (bf16, fp32, the CPU), this is exactly
+    ``zero_grad(); loss.backward(); clip_grad_norm_(params, max_norm); optimizer.step()``.
+    Under fp16 the scaler skips a step whose gradients overflowed; keep one scaler for the run.
+
+    Args:
+        loss: scalar tensor. params: the parameters to clip (the trainable ones).
+        max_norm: clip the global gradient norm to this; ``None``: no clipping.
+
+    Returns:
+        The gradient norm before clipping, or ``None`` when ``max_norm`` is ``None``.
+
+    Raises:
+        ValueError: if ``loss`` is not a scalar tensor or ``max_norm`` is not positive.
+    """
+    if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
+        raise ValueError(f"loss must be a scalar tensor (average the batch first), got "
+                         f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__}")
+    if max_norm is not None and not max_norm > 0:
+        raise ValueError(f"max_norm must be positive or None, got {max_norm}")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # true gradients before clipping (no-op when disabled)
+    norm = None if max_norm is None else float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+    return norm
 
 
 def _as_device(device) -> torch.device:

@@ -308,6 +308,10 @@ CASES: list = [
     ("hardware.mfu", lambda t: hardware.mfu(1.0, 0.0, 1e12), ValueError, "flops_per_token"),
     ("hardware.device_name", lambda t: hardware.device_name("tpu9"), ValueError, "device"),
     ("hardware.amp_dtype", lambda t: hardware.amp_dtype("tpu9"), ValueError, "device"),
+    ("train.optimizer_step", lambda t: train.optimizer_step(torch.ones(3, requires_grad=True), None, []),
+     ValueError, "loss must be a scalar"),
+    ("train.optimizer_step", lambda t: train.optimizer_step(torch.ones((), requires_grad=True), None, [], max_norm=0),
+     ValueError, "max_norm"),
     ("hardware.has_native_bf16", lambda t: hardware.has_native_bf16(42), ValueError, "device"),
     # ---------------------------------------------------------------- finetune
     ("finetune.starting_model", lambda t: finetune.starting_model(use_gpt2="yes"), TypeError, "use_gpt2"),

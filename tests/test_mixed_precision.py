@@ -13,6 +13,9 @@ same scale / unscale / skip-on-overflow logic), and the training loops are check
 from __future__ import annotations
 
 import contextlib
+import copy
+import importlib
+import random
 
 import numpy as np
 import pytest
@@ -24,19 +27,35 @@ from shared.model import GPTConfig, GPTModel
 INIT_SCALE = 2.0 ** 40  # far too high: the first fp16 backward overflows
 
 
-@pytest.fixture
-def fp16_like_a_t4(monkeypatch):
-    """Make the course's mixed precision behave as on a T4, on the CPU. Returns the scalers made."""
+#: Every module whose training loop runs under ``autocast_context`` with ``make_grad_scaler``.
+LOOP_MODULES = [st, *(importlib.import_module(f"shared.{m}") for m in ("instruct", "dpo", "grpo", "finetune"))]
+
+
+def _fake_t4(monkeypatch, init_scale: float) -> list[torch.amp.GradScaler]:
     made: list[torch.amp.GradScaler] = []
 
     def scaler(device):
-        s = torch.amp.GradScaler("cpu", init_scale=INIT_SCALE, growth_interval=1000)
+        s = torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=1000)
         made.append(s)
         return s
 
-    monkeypatch.setattr(st, "autocast_context", lambda device: torch.autocast("cpu", dtype=torch.float16))
-    monkeypatch.setattr(st, "make_grad_scaler", scaler)
+    for module in LOOP_MODULES:  # each imported the two names itself
+        monkeypatch.setattr(module, "autocast_context", lambda device: torch.autocast("cpu", dtype=torch.float16))
+        monkeypatch.setattr(module, "make_grad_scaler", scaler)
     return made
+
+
+@pytest.fixture
+def fp16_like_a_t4(monkeypatch):
+    """The course's mixed precision as on a T4, on the CPU, with a loss scale far too high to
+    start with. Returns the scalers made."""
+    return _fake_t4(monkeypatch, INIT_SCALE)
+
+
+@pytest.fixture
+def fp16_default_scale(monkeypatch):
+    """As :func:`fp16_like_a_t4`, with GradScaler's default starting scale (2**16)."""
+    return _fake_t4(monkeypatch, 2.0 ** 16)
 
 
 def _batches(seed=0, V=64, T=16, B=8):
@@ -94,3 +113,48 @@ def test_pretrain_script_keeps_one_scaler_for_the_whole_run(fp16_like_a_t4, tmp_
 def test_the_real_cpu_path_is_fp32_without_a_scaler():
     assert isinstance(st.autocast_context("cpu"), contextlib.nullcontext)
     assert not st.make_grad_scaler("cpu").is_enabled()
+
+
+def _tiny(seed=0, V=64, dropout=0.0):
+    torch.manual_seed(seed)
+    return GPTModel(GPTConfig(vocab_size=V, context_length=32, d_model=32, n_heads=2, n_layers=1, dropout=dropout))
+
+
+def _changed(model, before) -> bool:
+    return any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_post_training_loops_run_in_fp16_with_one_scaler_each(fp16_default_scale):
+    """Chapter 7's loops (instruction tuning, DPO, GRPO, classification) on the T4 path."""
+    from shared.dpo import train_dpo
+    from shared.finetune import GPTClassifier, Passage, set_trainable, train_classifier
+    from shared.grpo import train_grpo
+    from shared.instruct import train_instructions
+    from shared.tokenizer import BPETokenizer
+
+    m = _tiny()
+    before = copy.deepcopy(m.state_dict())
+    ex = [([1, 2, 3], [4, 5, 6]), ([7, 8], [9, 10, 11, 12]), ([13], [14, 15])] * 5
+    hist = train_instructions(m, ex, steps=6, batch_size=4, lr=1e-2)
+    assert len(fp16_default_scale) == 1 and all(np.isfinite(hist["loss"])) and _changed(m, before)
+
+    policy, reference = _tiny(), _tiny()
+    pairs = [([1, 2, 3, 4], [10, 11], [20, 21]), ([5, 6, 7], [12], [22]), ([8, 9], [13, 14, 15], [23, 24])]
+    hist = train_dpo(policy, reference, pairs, steps=8, beta=0.5, batch_size=3, lr=1e-2)
+    assert len(fp16_default_scale) == 2 and all(np.isfinite(hist["loss"]))
+    assert hist["loss"][0] == pytest.approx(np.log(2), abs=1e-3), "policy = reference: the first DPO loss is ln 2"
+    assert hist["loss"][-1] < hist["loss"][0]
+
+    data = [Passage(ids=(1 + lab * 10,) * 6, label=lab, slug="x", text="") for lab in range(3)] * 4
+    clf = GPTClassifier(_tiny(), n_classes=3)
+    set_trainable(clf, "head")
+    hist = train_classifier(clf, data, steps=15, batch_size=12, lr=3e-2)
+    assert len(fp16_default_scale) == 3 and hist["loss"][-1] < hist["loss"][0]
+
+    tok = BPETokenizer.train("to be or not to be that is the question " * 30, vocab_size=280)
+    model = _tiny(V=tok.vocab_size)
+    recs = [{"instruction": "Say a word.", "input": w, "output": w} for w in ("be", "not", "that", "is")]
+    pol, coin = copy.deepcopy(model), random.Random(0)
+    hist = train_grpo(pol, model, tok, recs, lambda rec, text: float(coin.random() < 0.5), steps=3, group_size=4,
+                      prompts_per_step=2, lr=1e-2, seed=1, max_new_tokens=4)
+    assert len(fp16_default_scale) == 4 and all(np.isfinite(hist["loss"]))
