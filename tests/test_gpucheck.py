@@ -126,3 +126,21 @@ def test_kv_cache_item_reports_where_cached_and_uncached_tokens_part(monkeypatch
                             "total_seconds": 1.0, "quick": True, "errors": {},
                             "results": {"kv_cache_decoding": {"model": "toy", "dtype": "float32", "rows": rows}}})
     assert "no: from new token 3" in md
+
+
+def test_the_prepared_gpu_call_script_dry_runs_on_the_cpu(tmp_path):
+    """`.ci/gpu_run.sh` is the one command a GPU session runs; here without wheels, on the CPU."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(gpucheck.ROOT)
+    env = {**os.environ, "OUT": str(tmp_path), "SKIP_WHEELS": "1", "BUDGET": "60",
+           "GPUCHECK_ARGS": "--device cpu --quick --items attention",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(["bash", str(root / ".ci" / "gpu_run.sh")], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert {"gpu_report.json", "gpu_report.md", "gpucheck.log", "env.txt"} <= {p.name for p in tmp_path.iterdir()}
+    assert "attention" in json.loads((tmp_path / "gpu_report.json").read_text())["results"]
