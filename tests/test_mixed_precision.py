@@ -58,6 +58,15 @@ def fp16_default_scale(monkeypatch):
     return _fake_t4(monkeypatch, 2.0 ** 16)
 
 
+def _tiny(seed=0, V=64, dropout=0.0):
+    torch.manual_seed(seed)
+    return GPTModel(GPTConfig(vocab_size=V, context_length=32, d_model=32, n_heads=2, n_layers=1, dropout=dropout))
+
+
+def _changed(model, before) -> bool:
+    return any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def _batches(seed=0, V=64, T=16, B=8):
     g = torch.Generator().manual_seed(seed)
     data = torch.randint(0, V, (4096,), generator=g)
@@ -70,32 +79,30 @@ def _batches(seed=0, V=64, T=16, B=8):
     return get_batch
 
 
+def _setup(max_steps: int):
+    """A tiny GPT, a copy of its weights, its AdamW and a constant-rate TrainConfig."""
+    model = _tiny()
+    before = copy.deepcopy(model.state_dict())
+    cfg = st.TrainConfig(max_steps=max_steps, max_lr=3e-3, warmup_steps=0, eval_interval=0)
+    return model, before, st.configure_optimizer(model, lr=3e-3), cfg
+
+
 def test_train_keeps_one_scaler_backs_off_after_overflow_and_learns(fp16_like_a_t4):
-    torch.manual_seed(0)
-    model = GPTModel(GPTConfig(vocab_size=64, context_length=16, d_model=32, n_heads=2, n_layers=1))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = st.configure_optimizer(model, lr=3e-3)
-    cfg = st.TrainConfig(max_steps=40, max_lr=3e-3, warmup_steps=0, eval_interval=0)
+    model, before, opt, cfg = _setup(40)
     hist = st.train(model, opt, _batches(), cfg)
     (scaler,) = fp16_like_a_t4  # one scaler for all 40 steps
     assert scaler.get_scale() < INIT_SCALE, "overflowing steps must back the loss scale off"
     assert all(np.isfinite(hist["loss"])), "fp16 losses must stay finite (the loss is computed in fp32)"
-    assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items()), \
-        "once the scale is low enough, the optimizer must step"
+    assert _changed(model, before), "once the scale is low enough, the optimizer must step"
     assert np.mean(hist["loss"][-5:]) < np.mean(hist["loss"][:5])
 
 
 def test_a_step_whose_fp16_gradients_overflow_is_skipped(fp16_like_a_t4):
-    torch.manual_seed(0)
-    model = GPTModel(GPTConfig(vocab_size=64, context_length=16, d_model=32, n_heads=2, n_layers=1))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    opt = st.configure_optimizer(model, lr=3e-3)
-    cfg = st.TrainConfig(max_steps=1, max_lr=3e-3, warmup_steps=0, eval_interval=0)
+    model, before, opt, cfg = _setup(1)
     scaler = st.make_grad_scaler("cpu")
     st.train_step(model, opt, _batches(), 0, cfg, scaler=scaler)
     assert scaler.get_scale() == INIT_SCALE / 2, "an overflow halves the scale"
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), \
-        "the overflowed step must leave the weights untouched"
+    assert not _changed(model, before), "the overflowed step must leave the weights untouched"
 
 
 def test_pretrain_script_keeps_one_scaler_for_the_whole_run(fp16_like_a_t4, tmp_path):
@@ -113,15 +120,6 @@ def test_pretrain_script_keeps_one_scaler_for_the_whole_run(fp16_like_a_t4, tmp_
 def test_the_real_cpu_path_is_fp32_without_a_scaler():
     assert isinstance(st.autocast_context("cpu"), contextlib.nullcontext)
     assert not st.make_grad_scaler("cpu").is_enabled()
-
-
-def _tiny(seed=0, V=64, dropout=0.0):
-    torch.manual_seed(seed)
-    return GPTModel(GPTConfig(vocab_size=V, context_length=32, d_model=32, n_heads=2, n_layers=1, dropout=dropout))
-
-
-def _changed(model, before) -> bool:
-    return any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_post_training_loops_run_in_fp16_with_one_scaler_each(fp16_default_scale):
