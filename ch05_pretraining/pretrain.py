@@ -417,8 +417,12 @@ class _StateDict:
 
 
 def save_run_checkpoint(path: Path, model, optimizer, step_done: int, cfg: GPTConfig,
-                        args: argparse.Namespace, info: DistInfo, data_shift: int = 0) -> None:
-    """Gather full state on rank 0 and write ``path`` atomically. Collective: all ranks call it."""
+                        args: argparse.Namespace, info: DistInfo, data_shift: int = 0, scaler=None) -> None:
+    """Gather full state on rank 0 and write ``path`` atomically. Collective: all ranks call it.
+
+    ``scaler``: the run's GradScaler; its state (the fp16 loss scale) is saved so that a resumed
+    fp16 run continues with the same scale. Every rank's scaler is the same (the gradients it
+    checks for inf/NaN are all-reduced)."""
     from shared.checkpoint import save_checkpoint
     if getattr(args, "strategy", None) == "tp" and info.distributed:
         from shared.parallel import tp_full_state_dicts
@@ -433,7 +437,8 @@ def save_run_checkpoint(path: Path, model, optimizer, step_done: int, cfg: GPTCo
                          "world_size": info.world_size, "batch_size": args.batch_size,
                          "grad_accum": args.grad_accum, "max_steps": args.max_steps, "lr": args.lr,
                          "min_lr": args.min_lr, "warmup_steps": args.warmup_steps},
-                 "rng_per_rank": rngs, "optimizer_format": "full_fqn"}
+                 "rng_per_rank": rngs, "optimizer_format": "full_fqn",
+                 "grad_scaler": scaler.state_dict() if scaler is not None else {}}
         save_checkpoint(path, model=_StateDict(model_sd), optimizer=_StateDict(optim_sd),
                         step=step_done, config=cfg.to_dict(), extra=extra)
 
@@ -539,7 +544,12 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
                        eval_iters=args.eval_iters, amp=True)
 
     start, resumed_shift = 0, 0
+    # One loss scaler for the whole run (enabled only under fp16, e.g. a T4): its scale adapts
+    # over steps, so a fresh one per step would restart at 2**16 every time. Checkpoints keep it.
+    scaler = make_grad_scaler(device)
     if ckpt is not None:
+        if ckpt["extra"].get("grad_scaler") and scaler.is_enabled():
+            scaler.load_state_dict(ckpt["extra"]["grad_scaler"])
         resumed_shift = int(ckpt["extra"].get("data", {}).get("shift", 0))
         if strategy == "tp":
             from shared.parallel import tp_load_full_state
@@ -617,9 +627,6 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
         return float(all_reduce_mean(torch.tensor(local, device=device), info))
 
     no_sync = model.no_sync if strategy == "ddp" else None
-    # One loss scaler for the whole run (enabled only under fp16, e.g. a T4): its scale adapts
-    # over steps, so a fresh one per step would restart at 2**16 every time.
-    scaler = make_grad_scaler(device)
     model.train()
     recent: list[tuple[float, float]] = []  # (tokens/s, rank-0 CPU seconds per wall second)
     t_last, cpu_last = time.perf_counter(), time.process_time()
@@ -654,6 +661,8 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
                         tp_load_full_state(core, optimizer, back["model"], back["optimizer"])
                     else:
                         load_optimizer_state(core, optimizer, back["optimizer"])
+                    if back["extra"].get("grad_scaler") and scaler.is_enabled():
+                        scaler.load_state_dict(back["extra"]["grad_scaler"])
                     ckpt_step = int(back["step"])
                     data_shift += step + 1 - ckpt_step  # never replay the batches that led to the spike
                     log(f"loss spike at step {step}: loss {loss:.4f} > {args.spike_factor:g} x recent mean "
@@ -704,7 +713,7 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
         stop_early = args.debug_exit_after is not None and step + 1 >= args.debug_exit_after
         if last or stop_early or (args.checkpoint_interval and (step + 1) % args.checkpoint_interval == 0):
             save_run_checkpoint(ckpt_path, model if strategy == "fsdp" else core, optimizer, step + 1, cfg, args,
-                                info, data_shift=data_shift)
+                                info, data_shift=data_shift, scaler=scaler)
             t_last, cpu_last = time.perf_counter(), time.process_time()
         if stop_early:
             break

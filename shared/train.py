@@ -437,8 +437,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, get_batch: Callabl
     the end) if ``cfg.checkpoint_path`` is set. ``callback(step, record)`` is called after
     every step (e.g. to print samples when ``"val_loss" in record``).
 
-    Resume (``cfg.resume``): loads model, optimizer, step and the Python/NumPy/torch RNG
-    states from ``cfg.checkpoint_path``. A ``get_batch`` that draws from torch's global RNG
+    Resume (``cfg.resume``): loads model, optimizer, step, the GradScaler's loss scale (fp16)
+    and the Python/NumPy/torch RNG states from ``cfg.checkpoint_path``. A ``get_batch`` that draws from torch's global RNG
     (``sample_windows(..., generator=None)``) then continues with the very batches an
     uninterrupted run would have seen.
 
@@ -466,6 +466,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, get_batch: Callabl
         ckpt = load_checkpoint(ckpt_path, model=model, optimizer=optimizer, map_location=device, restore_rng=True)
         start = int(ckpt["step"])
         history.update({k: v for k, v in ckpt.get("extra", {}).get("history", {}).items() if k in history})
+        if ckpt.get("extra", {}).get("grad_scaler") and scaler.is_enabled():
+            scaler.load_state_dict(ckpt["extra"]["grad_scaler"])  # the fp16 loss scale carries on
     # The dtype autocast_context computes in (bf16 with native support, else fp16), for MFU.
     compute_dtype = amp_dtype(device) if device.type == "cuda" and cfg.amp else torch.float32
     peak = peak_flops(device, compute_dtype)
@@ -474,7 +476,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, get_batch: Callabl
     def save(step_done: int) -> None:
         config = model.cfg.to_dict() if hasattr(model, "cfg") and hasattr(model.cfg, "to_dict") else None
         save_checkpoint(ckpt_path, model=model, optimizer=optimizer, step=step_done, config=config,
-                        extra={"train_config": asdict(cfg), "history": history})
+                        extra={"train_config": asdict(cfg), "history": history,
+                               "grad_scaler": scaler.state_dict()})
 
     for step in range(start, cfg.max_steps):
         t0 = time.perf_counter()

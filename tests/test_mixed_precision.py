@@ -156,3 +156,35 @@ def test_post_training_loops_run_in_fp16_with_one_scaler_each(fp16_default_scale
     hist = train_grpo(pol, model, tok, recs, lambda rec, text: float(coin.random() < 0.5), steps=3, group_size=4,
                       prompts_per_step=2, lr=1e-2, seed=1, max_new_tokens=4)
     assert len(fp16_default_scale) == 4 and all(np.isfinite(hist["loss"]))
+
+
+def test_train_resume_carries_the_loss_scale_on(fp16_like_a_t4, tmp_path):
+    """A resumed fp16 run continues with the checkpoint's loss scale, not a fresh 2**40."""
+    def run(max_steps, path, resume):
+        model, _, opt, _ = _setup(max_steps)
+        cfg = st.TrainConfig(max_steps=max_steps, max_lr=3e-3, warmup_steps=0, eval_interval=0,
+                             checkpoint_path=str(path), checkpoint_interval=3, resume=resume)
+        st.train(model, opt, _batches(), cfg)
+        return fp16_like_a_t4[-1].get_scale()
+
+    full = run(6, tmp_path / "a.pt", False)                 # six overflowing steps: 2**40 / 2**6
+    assert full == INIT_SCALE / 2 ** 6
+    run(3, tmp_path / "b.pt", False)
+    saved = torch.load(tmp_path / "b.pt", weights_only=True)["extra"]["grad_scaler"]
+    assert saved["scale"] == INIT_SCALE / 2 ** 3
+    assert run(6, tmp_path / "b.pt", True) == full, "the resumed run must start from the saved scale"
+
+
+def test_pretrain_resume_carries_the_loss_scale_on(fp16_like_a_t4, tmp_path):
+    from tests.test_pretrain import _args, run_here
+    from shared.data import load_shakespeare, write_token_file
+
+    ids = np.frombuffer(load_shakespeare("val")[:60_000].encode("utf-8"), dtype=np.uint8)
+    data = write_token_file(tmp_path / "bytes.npy", ids, vocab_size=256)
+    assert run_here(_args(data, tmp_path / "full", grad_accum=1)) == 0
+    full = fp16_like_a_t4[-1].get_scale()
+    assert run_here(_args(data, tmp_path / "cut", "--debug-exit-after", "3", grad_accum=1)) == 0
+    saved = torch.load(tmp_path / "cut" / "ckpt.pt", weights_only=True)["extra"]["grad_scaler"]
+    assert saved["scale"] == fp16_like_a_t4[-1].get_scale() > full
+    assert run_here(_args(data, tmp_path / "cut", "--resume", grad_accum=1)) == 0
+    assert fp16_like_a_t4[-1].get_scale() == full, "pretrain.py --resume must restore the loss scale"
