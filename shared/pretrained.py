@@ -167,11 +167,13 @@ def mixed_batch(sources: list[tuple[np.ndarray, float]], batch_size: int, contex
         ``(x, y)``, ``LongTensor[batch_size, context_length]`` each, sources in order of ``sources``.
 
     Raises:
-        ValueError: for weights that are negative or do not sum to 1 (and as
-            :func:`shared.data.sample_windows`).
+        ValueError: for weights that are negative or do not sum to 1, a ``batch_size`` below 1
+            (and as :func:`shared.data.sample_windows`).
     """
     from shared.data import sample_windows
 
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     weights = torch.tensor([float(w) for _, w in sources], dtype=torch.float64)
     if len(sources) == 0 or (weights < 0).any() or abs(float(weights.sum()) - 1.0) > 1e-9:
         raise ValueError(f"sources: weights must be >= 0 and sum to 1, got {weights.tolist()}")

@@ -361,6 +361,8 @@ def test_mixed_batch_draws_each_window_from_a_source_in_proportion():
     for bad in ([(a, 0.5), (b, 0.4)], [(a, 1.2), (b, -0.2)], []):
         with pytest.raises(ValueError, match="sources"):
             mixed_batch(bad, 4, 8)
+    with pytest.raises(ValueError, match="batch_size"):
+        mixed_batch([(a, 1.0)], 0, 8)
 
 
 def test_a_recipe_with_the_kjv_trains_its_tokenizer_on_both_and_validates_on_the_plays():
