@@ -144,3 +144,17 @@ def test_the_prepared_gpu_call_script_dry_runs_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert {"gpu_report.json", "gpu_report.md", "gpucheck.log", "env.txt"} <= {p.name for p in tmp_path.iterdir()}
     assert "attention" in json.loads((tmp_path / "gpu_report.json").read_text())["results"]
+
+
+def test_the_gpu_recipe_itself_trains_one_step_on_the_cpu():
+    """The real `gpu` recipe (26M parameters, context 256, dropout, the KJV mix) end to end, on
+    a sliver of the text and one step of one window: its settings fit together and run."""
+    from shared.pretrained import RECIPES, train_course_model
+
+    model, tok, info = train_course_model("gpu", device="cpu", verbose=False, max_steps=1, batch_size=1,
+                                          warmup_steps=0, eval_interval=0, eval_iters=1,
+                                          text_chars=30_000, val_chars=3_000)
+    g = RECIPES["gpu"]
+    assert model.cfg.context_length == g["model"]["context_length"] and model.cfg.dropout == g["model"]["dropout"]
+    assert model.num_parameters() > 25e6 and tok.vocab_size <= g["vocab_size"]
+    assert info["recipe"]["kjv_weight"] == g["kjv_weight"] and 0 < info["val_bpb"] < 20
