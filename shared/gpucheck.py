@@ -22,7 +22,7 @@ errors: one failure is reported in the JSON and the others still run.
 
 Example::
 
-    python -m shared.gpucheck --out gpu_report.json              # on a GPU, <= ~8 minutes
+    python -m shared.gpucheck --out gpu_report.json              # on a GPU (budgeted ~8 min; not yet run on one)
     python -m shared.gpucheck --device cpu --quick --out /tmp/r.json
 """
 
