@@ -93,7 +93,7 @@ from shared.distributed import (  # noqa: E402
     wrap_model,
 )
 from shared.model import PRESETS as GPT2_PRESETS  # noqa: E402
-from shared.hardware import has_native_bf16  # noqa: E402
+from shared.hardware import amp_dtype as autocast_dtype  # noqa: E402
 from shared.model import GPTConfig, GPTModel  # noqa: E402
 
 #: Model sizes. The GPT-2 sizes use GPT-2's context (1024); the course sizes are for CPUs.
@@ -487,16 +487,14 @@ def run(args: argparse.Namespace, info: DistInfo) -> int:
     data_info = DistInfo(device=info.device) if strategy == "tp" else info
     micro = micro_batch_size(args.batch_size, data_info.world_size, args.grad_accum)
     device = info.device
-    amp_dtype = torch.float32
+    # The dtype train_step's autocast computes in: bf16 with bf16 tensor cores, fp16 on older
+    # GPUs such as a T4 (shared.hardware.has_native_bf16), fp32 off CUDA.
+    amp_dtype = autocast_dtype(device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        if has_native_bf16(device):  # not is_bf16_supported(): that counts a T4's emulated bf16
-            amp_dtype = torch.bfloat16
-        elif strategy == "fsdp":
+        if amp_dtype == torch.float16 and strategy == "fsdp":
             raise CLIError("--strategy fsdp here needs bf16 (an Ampere or newer GPU); use ddp on this GPU")
-        else:
-            amp_dtype = torch.float16
     log = print if info.is_main else (lambda *a, **k: None)
 
     train_tokens, val_tokens, vocab_size, meta = load_data(args, info)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.train import autocast_context, make_grad_scaler, optimizer_step
+from shared.train import autocast_context, make_grad_scaler, optimizer_step, shuffled_batches
 
 __all__ = ["sequence_logprobs", "dpo_loss", "preference_collate", "train_dpo", "sample_preference_pairs"]
 
@@ -199,18 +199,13 @@ def train_dpo(policy: nn.Module, reference: nn.Module, pairs: Sequence[tuple[lis
     reference.eval().requires_grad_(False)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     scaler = make_grad_scaler(device)  # enabled only under fp16 (a T4)
-    rng = random.Random(seed)
-    order: list[int] = []
+    batches = shuffled_batches(len(pairs), batch_size, random.Random(seed))  # epoch after shuffled epoch
     max_len = getattr(getattr(policy, "cfg", None), "context_length", None)
     hist = {k: [] for k in ("loss", "margin", "accuracy", "chosen_reward", "rejected_reward")}
     policy.train()
     t0 = time.perf_counter()
     for step in range(steps):
-        if len(order) < batch_size:
-            fresh = list(range(len(pairs)))
-            rng.shuffle(fresh)
-            order += fresh
-        chunk, order = order[:batch_size], order[batch_size:]
+        chunk = next(batches)
         ids, mask = preference_collate([pairs[i] for i in chunk], pad_id, max_length=max_len, device=device)
         B = len(chunk)
         with autocast_context(device):  # bf16/fp16 on a GPU, plain fp32 on the CPU

@@ -29,7 +29,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -67,19 +66,6 @@ def _peak_mib(device: torch.device) -> float | None:
     return None
 
 
-def _amp_dtype(device: torch.device) -> torch.dtype:
-    """The mixed-precision dtype the course uses on ``device`` (see shared.train.autocast_context)."""
-    from shared.hardware import amp_dtype
-
-    return amp_dtype(device)
-
-
-def _autocast(device: torch.device, dtype: torch.dtype):
-    if device.type == "cuda" and dtype != torch.float32:
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
-
-
 def _timeit(fn, device: torch.device, warmup: int, iters: int) -> float:
     """Median seconds per call of ``fn`` after ``warmup`` calls."""
     for _ in range(warmup):
@@ -114,9 +100,9 @@ def train_throughput(device: torch.device, quick: bool, compile_: bool = True) -
     start from the same weights and batch, so their first-step losses must agree
     (``compile_loss_diff``); a mode that fails is reported with its error and the other still runs.
     """
-    from shared.hardware import device_name, mfu, peak_flops
+    from shared.hardware import amp_dtype, device_name, mfu, peak_flops
     from shared.model import GPTConfig, GPTModel
-    from shared.train import configure_optimizer, cross_entropy_loss, make_grad_scaler
+    from shared.train import autocast_context, configure_optimizer, cross_entropy_loss, make_grad_scaler
 
     if quick:
         cfg = GPTConfig(vocab_size=512, context_length=64, d_model=64, n_heads=4, n_layers=2)
@@ -125,7 +111,7 @@ def train_throughput(device: torch.device, quick: bool, compile_: bool = True) -
         cfg = GPTConfig.from_preset("gpt2-small")
         warmup, iters = 3, 10
     B, T = _batch_for(device, quick), cfg.context_length
-    dtype = _amp_dtype(device)
+    dtype = amp_dtype(device)  # what autocast_context computes in: the peak to quote
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     peak = peak_flops(device, dtype)
@@ -144,7 +130,7 @@ def train_throughput(device: torch.device, quick: bool, compile_: bool = True) -
             y = torch.randint(0, cfg.vocab_size, (B, T), generator=gen).to(device)
 
             def step():
-                with _autocast(device, dtype):
+                with autocast_context(device):
                     loss = cross_entropy_loss(fwd(x), y)
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
@@ -171,10 +157,12 @@ def train_throughput(device: torch.device, quick: bool, compile_: bool = True) -
         if device.type == "cuda":
             torch.cuda.empty_cache()
     diff = abs(first_loss["compile"] - first_loss["eager"]) if len(first_loss) == 2 else None
+    with torch.device("meta"):  # sizes only: no memory, no initialisation
+        stats = GPTModel(cfg)
     return {"model": "gpt2-small (124M)" if not quick else "toy GPT (quick)",
-            "parameters": GPTModel(cfg).num_parameters(), "dtype": str(dtype).replace("torch.", ""),
+            "parameters": stats.num_parameters(), "dtype": str(dtype).replace("torch.", ""),
             "device": device_name(device), "peak_tflops": None if peak is None else peak / 1e12,
-            "flops_per_token": GPTModel(cfg).flops_per_token(T), "rows": rows, "compile_loss_diff": diff,
+            "flops_per_token": stats.flops_per_token(T), "rows": rows, "compile_loss_diff": diff,
             "target": "MFU >= 0.50 against the dense bf16 peak on an H100/H200 (989 TFLOP/s)"}
 
 
@@ -250,7 +238,9 @@ def _manual_attention(q, k, v):
 
 def attention_sweep(device: torch.device, quick: bool) -> dict:
     """Causal attention forward+backward: SDPA against the hand-written path, ms and peak MiB."""
-    dtype = _amp_dtype(device)
+    from shared.hardware import amp_dtype
+
+    dtype = amp_dtype(device)
     B, H, d = (1, 4, 32) if quick else (4, 12, 64)
     lengths = (128, 256) if quick else (1024, 2048, 4096, 8192)
     rows = []
@@ -299,27 +289,22 @@ def course_recipe(device: torch.device, quick: bool) -> dict:
         overrides = dict(max_steps=10, eval_interval=0, text_chars=100_000, val_chars=20_000, vocab_size=300,
                          kjv_weight=0.3)
     settings = {**recipe(profile, device), **overrides}
-    rows, tok = [], None
+    rows, tok, n_params = [], None, None
     for kjv_weight in dict.fromkeys((settings.get("kjv_weight", 0.0), 0.0)):
         t0 = time.perf_counter()
         model, tok, info = train_course_model(profile, device=device, verbose=False, tokenizer=tok,
                                               **{**overrides, "kjv_weight": kjv_weight})
+        n_params = n_params or model.num_parameters()
         rows.append({"kjv_weight": kjv_weight, "seconds": time.perf_counter() - t0,
                      "val_loss_nats_per_token": info["val_loss"], "val_bits_per_byte": info["val_bpb"]})
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
     first = rows[0]
-    return {"recipe": name, "settings": settings, "parameters": _parameters(settings),
+    return {"recipe": name, "settings": settings, "parameters": n_params,
             "seconds": first["seconds"], "val_bits_per_byte": first["val_bits_per_byte"],
             "val_loss_nats_per_token": first["val_loss_nats_per_token"], "rows": rows,
             "cpu_default_reference_bpb": 2.26}
-
-
-def _parameters(settings: dict) -> int:
-    from shared.model import GPTConfig, GPTModel
-
-    return GPTModel(GPTConfig(vocab_size=settings["vocab_size"], **settings["model"])).num_parameters()
 
 
 # ----------------------------------------------------------------------------- 5. notebooks

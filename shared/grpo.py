@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.train import autocast_context, make_grad_scaler, optimizer_step
+from shared.train import autocast_context, make_grad_scaler, optimizer_step, shuffled_batches
 
 __all__ = ["group_advantages", "token_logprobs", "grpo_loss", "train_grpo"]
 
@@ -140,9 +140,8 @@ def train_grpo(policy: nn.Module, reference: nn.Module, tokenizer, records: Sequ
     eos = eos_token_id(tokenizer)
     keep = max(1, policy.cfg.context_length - max_new_tokens)
     prompts = [tokenizer.encode(format_prompt(r, preamble))[-keep:] for r in records]
-    rng = random.Random(seed)
+    batches = shuffled_batches(len(records), prompts_per_step, random.Random(seed))  # epoch after shuffled epoch
     gen = torch.Generator(device=device).manual_seed(seed)
-    order: list[int] = []
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     scaler = make_grad_scaler(device)  # enabled only under fp16 (a T4)
@@ -150,11 +149,7 @@ def train_grpo(policy: nn.Module, reference: nn.Module, tokenizer, records: Sequ
     hist = {"reward": [], "informative": [], "kl": [], "loss": []}
     t0 = time.perf_counter()
     for _ in range(steps):
-        if len(order) < prompts_per_step:
-            fresh = list(range(len(records)))
-            rng.shuffle(fresh)
-            order += fresh
-        chosen, order = order[:prompts_per_step], order[prompts_per_step:]
+        chosen = next(batches)
         # 1. sample a group of answers per prompt from the current policy
         batch_prompts = [prompts[i] for i in chosen for _ in range(group_size)]
         policy.eval()

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.generate import find_eos_id, generate, left_pad
-from shared.train import autocast_context, make_grad_scaler, optimizer_step
+from shared.train import autocast_context, make_grad_scaler, optimizer_step, shuffled_batches
 
 __all__ = ["EOS", "IGNORE_INDEX", "PREAMBLE", "PREAMBLE_NO_INPUT", "format_prompt", "load_alpaca_json",
            "TASKS", "generate_instruction_data", "split_instruction_data", "encode_example",
@@ -477,17 +477,12 @@ def train_instructions(model: nn.Module, examples: Sequence[tuple[list[int], lis
         raise ValueError(f"need steps >= 1 and examples, got steps={steps}, {len(examples)} examples")
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     scaler = make_grad_scaler(device)  # enabled only under fp16 (a T4)
-    rng = random.Random(seed)
-    order: list[int] = []
+    batches = shuffled_batches(len(examples), batch_size, random.Random(seed))  # epoch after shuffled epoch
     losses = []
     model.train()
     t0 = time.perf_counter()
     for step in range(steps):
-        if len(order) < batch_size:
-            fresh = list(range(len(examples)))
-            rng.shuffle(fresh)
-            order += fresh
-        chunk, order = order[:batch_size], order[batch_size:]
+        chunk = next(batches)
         batch = [examples[i] for i in chunk]
         if collate is None:
             x, y, _ = instruction_collate(batch, pad_id, mask_prompt=mask_prompt,

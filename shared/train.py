@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from shared.hardware import amp_dtype
 
 __all__ = ["cross_entropy_loss", "perplexity", "bits_per_byte", "lr_at", "configure_optimizer",
            "check_finite", "estimate_loss", "autocast_context", "make_grad_scaler",
-           "optimizer_step", "TrainConfig", "train_step", "train"]
+           "shuffled_batches", "optimizer_step", "TrainConfig", "train_step", "train"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -226,8 +227,36 @@ def make_grad_scaler(device: torch.device | str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu", enabled=enabled)
 
 
+def shuffled_batches(n: int, batch_size: int, rng: random.Random) -> Iterator[list[int]]:
+    """Indices ``0..n-1`` in batches of ``batch_size``, epoch after shuffled epoch, forever.
+
+    A batch that would run past the end of an epoch is completed from the next, freshly
+    shuffled one, so every batch is full and every example is seen once per epoch.
+
+    >>> b = shuffled_batches(3, 2, random.Random(0)); [next(b) for _ in range(3)]
+    [[0, 2], [1, 2], [1, 0]]
+
+    Raises:
+        ValueError: if ``n`` or ``batch_size`` is below 1.
+    """
+    if n < 1 or batch_size < 1:  # checked now, not at the first next()
+        raise ValueError(f"need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+
+    def batches() -> Iterator[list[int]]:
+        order: list[int] = []
+        while True:
+            if len(order) < batch_size:
+                fresh = list(range(n))
+                rng.shuffle(fresh)
+                order += fresh
+            chunk, order = order[:batch_size], order[batch_size:]
+            yield chunk
+    return batches()
+
+
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params,
-                   scaler: torch.amp.GradScaler | None = None, max_norm: float | None = 1.0) -> float | None:
+                   scaler: torch.amp.GradScaler | None = None,
+                   max_norm: float | None = 1.0) -> torch.Tensor | None:
     """The update half of a training step, for loops that run under :func:`autocast_context`:
     zero the gradients, backward the (scaled) ``loss``, unscale, clip, step, update the scale.
 
@@ -240,7 +269,8 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params,
         max_norm: clip the global gradient norm to this; ``None``: no clipping.
 
     Returns:
-        The gradient norm before clipping, or ``None`` when ``max_norm`` is ``None``.
+        The gradient norm before clipping (a 0-d tensor on the gradients' device, so the step
+        does not wait for the GPU), or ``None`` when ``max_norm`` is ``None``.
 
     Raises:
         ValueError: if ``loss`` is not a scalar tensor or ``max_norm`` is not positive.
@@ -256,7 +286,7 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params,
     else:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)  # true gradients before clipping (no-op when disabled)
-    norm = None if max_norm is None else float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    norm = None if max_norm is None else torch.nn.utils.clip_grad_norm_(params, max_norm)
     if scaler is None:
         optimizer.step()
     else:
@@ -469,7 +499,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, get_batch: Callabl
         if ckpt.get("extra", {}).get("grad_scaler") and scaler.is_enabled():
             scaler.load_state_dict(ckpt["extra"]["grad_scaler"])  # the fp16 loss scale carries on
     # The dtype autocast_context computes in (bf16 with native support, else fp16), for MFU.
-    compute_dtype = amp_dtype(device) if device.type == "cuda" and cfg.amp else torch.float32
+    compute_dtype = amp_dtype(device) if cfg.amp else torch.float32
     peak = peak_flops(device, compute_dtype)
     model.train()
 

@@ -308,6 +308,8 @@ CASES: list = [
     ("hardware.mfu", lambda t: hardware.mfu(1.0, 0.0, 1e12), ValueError, "flops_per_token"),
     ("hardware.device_name", lambda t: hardware.device_name("tpu9"), ValueError, "device"),
     ("hardware.amp_dtype", lambda t: hardware.amp_dtype("tpu9"), ValueError, "device"),
+    ("train.shuffled_batches", lambda t: train.shuffled_batches(0, 4, random.Random(0)), ValueError, "n >= 1"),
+    ("train.shuffled_batches", lambda t: train.shuffled_batches(5, 0, random.Random(0)), ValueError, "batch_size >= 1"),
     ("train.optimizer_step", lambda t: train.optimizer_step(torch.ones(3, requires_grad=True), None, []),
      ValueError, "loss must be a scalar"),
     ("train.optimizer_step", lambda t: train.optimizer_step(torch.ones((), requires_grad=True), None, [], max_norm=0),

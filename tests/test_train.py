@@ -377,3 +377,14 @@ def test_a_recipe_with_the_kjv_trains_its_tokenizer_on_both_and_validates_on_the
     assert prepare_data({**rec, "kjv_weight": 0.0})["kjv_ids"] is None
     with pytest.raises(ValueError, match="kjv_weight"):
         prepare_data({**rec, "kjv_weight": 1.0})
+
+
+def test_shuffled_batches_are_full_and_cover_every_index_once_per_epoch():
+    from shared.train import shuffled_batches
+
+    b = shuffled_batches(7, 3, random.Random(0))
+    flat = [i for _ in range(7) for i in next(b)]                  # 21 indices = 3 epochs of 7
+    assert all(sorted(flat[e * 7:(e + 1) * 7]) == list(range(7)) for e in range(3))
+    assert flat[:7] != list(range(7)), "each epoch is shuffled"
+    again = shuffled_batches(7, 3, random.Random(0))
+    assert [next(again) for _ in range(7)] == [flat[k:k + 3] for k in range(0, 21, 3)], "the seed fixes the order"
